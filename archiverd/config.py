@@ -1,0 +1,324 @@
+"""Configuration: a TOML file, the old service's environment settings, defaults.
+
+Every problem is a :class:`ConfigError` whose message is one line naming the
+key, so that start-up fails with one clear line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+MiB = 1024 * 1024
+DEFAULT_LISTEN = "tcp:8010:interface=127.0.0.1"
+DEFAULT_URL_TEMPLATE = "https://hg.mozilla.org/{repo}/archive/{rev}.{suffix}/{subdir}"
+TEMPLATE_FIELDS = {"repo", "rev", "suffix", "subdir"}
+MIN_PART_SIZE = 5 * MiB
+MAX_PART_SIZE = 5 * 1024 * MiB
+_REGION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the key."""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """An upstream VCS host that serves archives."""
+
+    name: str
+    url_template: str = DEFAULT_URL_TEMPLATE
+    #: Where symbolic revs are resolved; default: beside the archive URL.
+    rev_url_template: str = ""
+    #: Seconds to wait for upstream's response headers.
+    headers_timeout: float = 60.0
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url_template).hostname or ""
+
+    @property
+    def resolved_rev_url_template(self) -> str:
+        if self.rev_url_template:
+            return self.rev_url_template
+        prefix = self.url_template[: self.url_template.index("{repo}")]
+        return prefix + "{repo}/json-rev/{rev}"
+
+
+@dataclass(frozen=True)
+class S3Config:
+    buckets: Mapping[str, str] = field(default_factory=dict)
+    endpoint_url: str | None = None
+    #: "path" or "virtual"; None lets botocore choose.
+    addressing_style: str | None = None
+    #: botocore's retry attempts for each call (standard retry mode).
+    max_attempts: int = 5
+
+
+@dataclass(frozen=True)
+class FileConfig:
+    root: str = "archiverd-data"
+    regions: tuple[str, ...] = ("local",)
+    #: HMAC key for signed file URLs; default: generated and kept under root.
+    secret: str | None = None
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    backend: str = "file"
+    signed_url_expiry: int = 300
+    #: Threads that run blocking storage calls (botocore, file writes).
+    threads: int = 16
+    s3: S3Config = field(default_factory=S3Config)
+    file: FileConfig = field(default_factory=FileConfig)
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        """Configured regions; the first is the default."""
+        if self.backend == "s3":
+            return tuple(self.s3.buckets)
+        return self.file.regions
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    #: Bytes per multipart part (S3 wants at least 5 MiB).
+    part_size: int = 8 * MiB
+    #: Parts of one task held in memory at once, across all its regions.
+    parts_in_flight: int = 4
+
+
+@dataclass(frozen=True)
+class TasksConfig:
+    #: Seconds a finished task stays in the table.
+    keep_finished: float = 3600.0
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = DEFAULT_LISTEN
+    public_url: str | None = None
+    sources: Mapping[str, SourceConfig] = field(
+        default_factory=lambda: {"hgmo": SourceConfig("hgmo")}
+    )
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
+
+
+class _Table:
+    """One TOML table being read: typed look-ups, then a check for leftovers."""
+
+    def __init__(self, raw: Any, path: str) -> None:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path or 'config'}: expected a table")
+        self.raw = dict(raw)
+        self.path = path
+
+    def name(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def take(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        if key not in self.raw:
+            return default
+        value = self.raw.pop(key)
+        if isinstance(value, bool) and kind in (int, float, (int, float)):
+            raise ConfigError(f"{self.name(key)}: expected a number, got {value!r}")
+        if not isinstance(value, kind):
+            want = kind.__name__ if isinstance(kind, type) else "a number"
+            raise ConfigError(f"{self.name(key)}: expected {want}, got {value!r}")
+        return value
+
+    def table(self, key: str) -> _Table:
+        return _Table(self.raw.pop(key, {}), self.name(key))
+
+    def done(self) -> None:
+        for key in self.raw:
+            raise ConfigError(f"{self.name(key)}: unknown key")
+
+
+def _number(table: _Table, key: str, default: float, low: float, high: float) -> Any:
+    value = table.take(key, (int, float), default)
+    if not low <= value <= high:
+        raise ConfigError(f"{table.name(key)}: must be between {low} and {high}")
+    return value
+
+
+def _integer(table: _Table, key: str, default: int, low: int, high: int) -> int:
+    value = table.take(key, int, default)
+    if not low <= value <= high:
+        raise ConfigError(f"{table.name(key)}: must be between {low} and {high}")
+    return int(value)
+
+
+def _http_url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name}: expected an http(s) URL, got {value!r}")
+    return value
+
+
+def _template(name: str, value: str, required: set[str]) -> str:
+    _http_url(name, value.split("{", 1)[0] + "x")
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+    except ValueError as e:
+        raise ConfigError(f"{name}: {e}") from None
+    if not fields <= TEMPLATE_FIELDS:
+        unknown = ", ".join(sorted(fields - TEMPLATE_FIELDS))
+        raise ConfigError(f"{name}: unknown placeholder {unknown}")
+    if not required <= fields:
+        missing = ", ".join("{" + f + "}" for f in sorted(required - fields))
+        raise ConfigError(f"{name}: must contain {missing}")
+    return value
+
+
+def _region(name: str, region: Any) -> str:
+    if not isinstance(region, str) or not _REGION.match(region):
+        raise ConfigError(f"{name}: bad region name {region!r}")
+    return region
+
+
+def _source(name: str, table: _Table) -> SourceConfig:
+    template = _template(
+        table.name("url_template"),
+        table.take("url_template", str, DEFAULT_URL_TEMPLATE),
+        {"repo", "rev", "suffix"},
+    )
+    rev_template = table.take("rev_url_template", str, "")
+    if rev_template:
+        _template(table.name("rev_url_template"), rev_template, {"repo", "rev"})
+    headers_timeout = _number(table, "headers_timeout", 60.0, 0.1, 3600)
+    table.done()
+    return SourceConfig(name, template, rev_template, float(headers_timeout))
+
+
+def _storage(table: _Table) -> StorageConfig:
+    backend = table.take("backend", str, "file")
+    if backend not in ("file", "s3"):
+        raise ConfigError(f"{table.name('backend')}: expected 'file' or 's3'")
+    expiry = _integer(table, "signed_url_expiry", 300, 1, 7 * 24 * 3600)
+    threads = _integer(table, "threads", 16, 1, 256)
+
+    s3 = table.table("s3")
+    buckets = s3.take("buckets", dict, {})
+    for region, bucket in buckets.items():
+        _region(s3.name("buckets"), region)
+        if not isinstance(bucket, str) or not bucket:
+            raise ConfigError(f"{s3.name('buckets')}: bad bucket for {region!r}")
+    endpoint_url = s3.take("endpoint_url", str, None)
+    if endpoint_url is not None:
+        _http_url(s3.name("endpoint_url"), endpoint_url)
+    style = s3.take("addressing_style", str, None)
+    if style not in (None, "path", "virtual", "auto"):
+        raise ConfigError(f"{s3.name('addressing_style')}: expected path or virtual")
+    attempts = _integer(s3, "max_attempts", 5, 1, 20)
+    s3.done()
+
+    files = table.table("file")
+    root = files.take("root", str, "archiverd-data")
+    if not root:
+        raise ConfigError(f"{files.name('root')}: must not be empty")
+    regions = files.take("regions", list, ["local"])
+    for region in regions:
+        _region(files.name("regions"), region)
+    if len(set(regions)) != len(regions):
+        raise ConfigError(f"{files.name('regions')}: a region is named twice")
+    secret = files.take("secret", str, None)
+    if secret is not None and len(secret) < 16:
+        raise ConfigError(f"{files.name('secret')}: use at least 16 characters")
+    files.done()
+    table.done()
+
+    storage = StorageConfig(
+        backend,
+        expiry,
+        threads,
+        S3Config(dict(buckets), endpoint_url, style, attempts),
+        FileConfig(root, tuple(regions), secret),
+    )
+    if not storage.regions:
+        where = "storage.s3.buckets" if backend == "s3" else "storage.file.regions"
+        raise ConfigError(f"{where}: no regions configured")
+    return storage
+
+
+def parse(raw: Mapping[str, Any]) -> Config:
+    """Build a :class:`Config` from a parsed TOML document."""
+    top = _Table(raw, "")
+    listen = top.take("listen", str, DEFAULT_LISTEN)
+    public_url = top.take("public_url", str, None)
+    if public_url is not None:
+        public_url = _http_url("public_url", public_url).rstrip("/")
+
+    sources_table = top.table("sources")
+    sources = {}
+    for name in list(sources_table.raw):
+        if not re.match(r"[a-z0-9][a-z0-9_-]*\Z", name) or name in ("status", "files"):
+            raise ConfigError(f"sources.{name}: bad source name")
+        sources[name] = _source(name, sources_table.table(name))
+    if not sources:
+        sources = {"hgmo": SourceConfig("hgmo")}
+
+    storage = _storage(top.table("storage"))
+
+    pipeline = top.table("pipeline")
+    part_size = _integer(pipeline, "part_size", 8 * MiB, MIN_PART_SIZE, MAX_PART_SIZE)
+    in_flight = _integer(pipeline, "parts_in_flight", 4, 1, 64)
+    pipeline.done()
+
+    tasks = top.table("tasks")
+    keep = _number(tasks, "keep_finished", 3600.0, 0, 30 * 24 * 3600)
+    tasks.done()
+    top.done()
+
+    return Config(
+        listen,
+        public_url,
+        sources,
+        storage,
+        PipelineConfig(part_size, in_flight),
+        TasksConfig(float(keep)),
+    )
+
+
+def apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """Honour the old service's settings; they override the file."""
+    template = environ.get("ARCHIVER_HGMO_URL_TEMPLATE")
+    if template:
+        sources = raw.setdefault("sources", {})
+        if not isinstance(sources, dict):
+            raise ConfigError("sources: expected a table")
+        sources.setdefault("hgmo", {})["url_template"] = template
+    buckets = environ.get("ARCHIVER_S3_BUCKETS")
+    if buckets:
+        try:
+            parsed = json.loads(buckets)
+        except ValueError:
+            raise ConfigError("ARCHIVER_S3_BUCKETS: not valid JSON") from None
+        if not isinstance(parsed, dict):
+            raise ConfigError("ARCHIVER_S3_BUCKETS: expected a JSON object")
+        storage = raw.setdefault("storage", {})
+        storage.setdefault("backend", "s3")
+        storage.setdefault("s3", {})["buckets"] = parsed
+
+
+def load(path: str | None, environ: Mapping[str, str]) -> Config:
+    """Read the config file (if any) and the environment."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    apply_environment(raw, environ)
+    return parse(raw)

@@ -1,0 +1,40 @@
+"""Domain errors, each mapped to an HTTP answer or a task status in one place."""
+
+from __future__ import annotations
+
+
+class BadRequest(Exception):
+    """Input that archiverd refuses (HTTP 400); the message is for the client."""
+
+
+class NotFound(Exception):
+    """Something the client named does not exist (HTTP 404)."""
+
+
+class Forbidden(Exception):
+    """A signed URL that is expired or altered (HTTP 403)."""
+
+
+class UpstreamError(Exception):
+    """Upstream could not give the archive; the message is for people."""
+
+
+class UpstreamRefused(UpstreamError):
+    """Upstream answered that the archive does not exist (404, 403, 410).
+
+    Retrying will not help; clients see upstream's own words.
+    """
+
+    def __init__(self, host: str, code: int, url: str, message: str) -> None:
+        self.code = code
+        self.url = url
+        text = f"{host} answered {code} for {url}"
+        super().__init__(f"{text}: {message}" if message else text)
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Upstream could not be reached, failed (5xx), or broke off."""
+
+
+class StorageError(Exception):
+    """Storage failed in a region."""

@@ -1,0 +1,155 @@
+"""What a request names: validation, storage keys and task ids.
+
+A storage key is ``{repo}-{rev}.{suffix}``, plus ``/{subdir}`` when a subdir is
+given, as the service archiverd replaces named them:
+``projects/ash-42bf8560b395.tar.gz/testing/mozharness``.
+
+A task id is the key with ``/`` replaced by ``_``:
+``projects_ash-42bf8560b395.tar.gz_testing_mozharness``. So that a task id
+never names two archives, the characters ``_`` and ``~`` in a key are escaped
+first, as ``~5F`` and ``~7E``. After escaping, ``_`` only ever stands for ``/``
+and ``~`` only ever starts an escape, so every task id maps back to exactly
+one key (:func:`key_for_task_id`); a key without ``_`` or ``~`` keeps exactly
+the old form.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from archiverd.errors import BadRequest
+
+#: Archive suffixes upstream serves, with the Content-Type of each.
+CONTENT_TYPES = {
+    "tar.gz": "application/gzip",
+    "tar.bz2": "application/x-bzip2",
+    "zip": "application/zip",
+}
+
+MAX_NAME_LENGTH = 256
+SHORT_REV_LENGTH = 12
+_HEX = re.compile(r"[0-9a-f]+\Z")
+_ESCAPES = {"_": "~5F", "~": "~7E"}
+_UNESCAPES = {v: k for k, v in _ESCAPES.items()}
+_ESCAPED = re.compile(r"~(5F|7E)")
+
+
+def _check_name(field: str, value: str, *, path: bool) -> None:
+    """Refuse what could escape a path, reach a header, or smuggle a URL."""
+    if len(value) > MAX_NAME_LENGTH:
+        raise BadRequest(f"{field} is longer than {MAX_NAME_LENGTH} characters")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in value):
+        raise BadRequest(f"{field} contains control characters")
+    if "\\" in value:
+        raise BadRequest(f"{field} contains a backslash")
+    if value.startswith("/"):
+        raise BadRequest(f"{field} starts with '/'")
+    segments = value.split("/")
+    if not path and len(segments) > 1:
+        raise BadRequest(f"{field} contains '/'")
+    for segment in segments:
+        if segment in (".", ".."):
+            raise BadRequest(f"{field} contains a '{segment}' segment")
+        if segment == "":
+            raise BadRequest(f"{field} contains an empty path segment")
+
+
+def is_changeset_id(rev: str) -> bool:
+    """True for a (possibly abbreviated) hexadecimal changeset id."""
+    return bool(_HEX.match(rev))
+
+
+@dataclass(frozen=True)
+class ArchiveRequest:
+    """A validated request for one archive of one source.
+
+    ``rev`` is either a changeset id cut to 12 hex digits, or a symbolic name
+    (tag, bookmark, branch) that must be resolved (:meth:`with_rev`) before the
+    request names an archive.
+    """
+
+    source: str
+    repo: str
+    rev: str
+    suffix: str = "tar.gz"
+    subdir: str = ""
+
+    @classmethod
+    def parse(
+        cls, source: str, repo: str, rev: str, suffix: str = "tar.gz", subdir: str = ""
+    ) -> ArchiveRequest:
+        """Validate raw input; raise :class:`BadRequest` with a clear message."""
+        if suffix not in CONTENT_TYPES:
+            raise BadRequest(
+                f"unsupported suffix {suffix!r}: use one of "
+                + ", ".join(sorted(CONTENT_TYPES))
+            )
+        if not repo:
+            raise BadRequest("repo is empty")
+        if not rev:
+            raise BadRequest("rev is empty")
+        _check_name("repo", repo, path=True)
+        _check_name("rev", rev, path=False)
+        # A trailing slash names the same folder: one archive, not two.
+        subdir = subdir.rstrip("/") if subdir.strip("/") else subdir
+        if subdir:
+            _check_name("subdir", subdir, path=True)
+        if is_changeset_id(rev):
+            rev = rev[:SHORT_REV_LENGTH]
+        return cls(source, repo, rev, suffix, subdir)
+
+    @property
+    def is_symbolic(self) -> bool:
+        """True when ``rev`` names a moving target that must be resolved."""
+        return not is_changeset_id(self.rev)
+
+    def with_rev(self, node: str) -> ArchiveRequest:
+        """The same request pinned to a changeset id (cut to 12 digits)."""
+        if not is_changeset_id(node):
+            raise ValueError(f"not a changeset id: {node!r}")
+        return ArchiveRequest(
+            self.source, self.repo, node[:SHORT_REV_LENGTH], self.suffix, self.subdir
+        )
+
+    @property
+    def key(self) -> str:
+        """The storage key, as the old service named it."""
+        key = f"{self.repo}-{self.rev}.{self.suffix}"
+        return f"{key}/{self.subdir}" if self.subdir else key
+
+    @property
+    def task_id(self) -> str:
+        return task_id_for_key(self.key)
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[self.suffix]
+
+    @property
+    def filename(self) -> str:
+        """The file name a browser saves the archive under."""
+        name = f"{posixpath.basename(self.repo)}-{self.rev}"
+        if self.subdir:
+            name += "-" + self.subdir.replace("/", "-")
+        return f"{name}.{self.suffix}"
+
+
+def task_id_for_key(key: str) -> str:
+    """The task id of a key: escape ``~`` and ``_``, then ``/`` becomes ``_``."""
+    escaped = "".join(_ESCAPES.get(c, c) for c in key)
+    return escaped.replace("/", "_")
+
+
+def key_for_task_id(task_id: str) -> str:
+    """The one key a task id stands for (the inverse of :func:`task_id_for_key`).
+
+    Raises :class:`ValueError` for a string that no key maps to.
+    """
+    unslashed = task_id.replace("_", "/")
+    key = _ESCAPED.sub(lambda m: _UNESCAPES[m.group(0)], unslashed)
+    if task_id_for_key(key) != task_id:
+        raise ValueError(f"not a task id: {task_id!r}")
+    return key

@@ -1,0 +1,341 @@
+"""Download → parts → uploads: one archive streamed into several regions.
+
+::
+
+    upstream ──chunks──▶ PartCutter ──part n──▶ region A: upload_part(n)
+      ▲   (sha256, byte count)       └────────▶ region B: upload_part(n)
+      └── pauseProducing() while ``window`` parts are unfinished
+
+The body is cut into parts of ``part_size`` bytes as it arrives. Each part is
+one ``bytes`` object shared by every region's upload, so memory held by a task
+is at most ``window × part_size`` plus the part being filled, whatever the
+archive's size and however many regions there are. While ``window`` parts are
+not yet stored everywhere, the upstream transport is paused (TCP then pushes
+back on upstream); it resumes as parts finish.
+
+Parts are completed nowhere until every region has every part. Any failure
+(upstream, a part, a completion, cancellation) stops the download, waits for
+parts in flight, and aborts every multipart upload of the transfer, so no
+partial object is ever visible and no pending upload is left behind. An
+archive smaller than one part is stored with a single PUT per region.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+
+from archiverd.errors import StorageError, UpstreamUnavailable
+from archiverd.keys import ArchiveRequest
+from archiverd.shared import Shared
+from archiverd.sources import REFUSALS, Source, read_limited
+from archiverd.storage.base import ObjectInfo
+from archiverd.storage.service import StorageService
+from archiverd.tasks import Outcome, Task
+
+
+class PartCutter(Protocol):
+    """Receives an upstream body and cuts it into parts.
+
+    ``on_part(data)`` is called for each full part and returns a Deferred that
+    fires (never errs) when the part is stored; while ``window`` of those are
+    unfinished the transport is paused.
+    """
+
+    def __init__(
+        self,
+        part_size: int,
+        window: int,
+        on_part: Callable[[bytes], Deferred[None]],
+        on_progress: Callable[[int], None],
+    ) -> None:
+        self.part_size = part_size
+        self.window = window
+        self.on_part = on_part
+        self.on_progress = on_progress
+        self.received = 0
+        self.hasher = hashlib.sha256()
+        #: Fires (with None) when the body ends; then ``reason`` says how.
+        self.finished: Deferred[None] = Deferred()
+        self.reason: Failure | None = None
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._unfinished = 0
+        self._paused = False
+        self._stopped = False
+        self._lost = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._stopped:
+            return
+        self.received += len(data)
+        self.hasher.update(data)
+        self._chunks.append(data)
+        self._buffered += len(data)
+        while self._buffered >= self.part_size:
+            joined = b"".join(self._chunks)
+            part, rest = joined[: self.part_size], joined[self.part_size :]
+            self._chunks = [rest] if rest else []
+            self._buffered = len(rest)
+            self._emit(part)
+        self.on_progress(self.received)
+
+    def _emit(self, part: bytes) -> None:
+        self._unfinished += 1
+        if self._unfinished >= self.window and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+        self.on_part(part).addBoth(self._part_done)
+
+    def _part_done(self, _: object) -> None:
+        self._unfinished -= 1
+        if self._paused and self._unfinished < self.window and not self._stopped:
+            self._paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def rest(self) -> bytes:
+        """What is left after the last full part."""
+        return b"".join(self._chunks)
+
+    def stop(self) -> None:
+        """Drop the connection; no more parts will be cut."""
+        if not self._stopped:
+            self._stopped = True
+            self._chunks = []
+            if self.transport is not None and not self._lost:
+                self.transport.stopProducing()
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # type: ignore[assignment]
+        self._lost = True
+        self.reason = reason
+        if not self.finished.called:
+            self.finished.callback(None)
+
+
+class Transfer:
+    """Streams one archive from upstream into storage in ``regions``."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        source: Source,
+        storage: StorageService,
+        request: ArchiveRequest,
+        regions: Sequence[str],
+        *,
+        part_size: int,
+        window: int,
+        on_progress: Callable[[int], None] = lambda received: None,
+    ) -> None:
+        self.source = source
+        self.storage = storage
+        self.request = request
+        self.key = request.key
+        self.url = source.archive_url(request)
+        self.regions = tuple(regions)
+        self.info = ObjectInfo(request.content_type, request.filename)
+        self.part_size = part_size
+        self.window = window
+        self.on_progress = on_progress
+        self._parts = 0
+        self._uploads: dict[str, Shared[str]] = {}
+        self._etags: dict[str, list[tuple[int, str]]] = {r: [] for r in self.regions}
+        self._in_flight: set[Deferred[None]] = set()
+        self._completed: set[str] = set()
+        self._error: Failure | None = None
+        self._cutter: PartCutter | None = None
+
+    async def run(self) -> Outcome:
+        """Download and store; raises on any failure, leaving nothing behind."""
+        response = await self.source.get(self.url)
+        if response.code in REFUSALS:
+            raise await self.source.refusal(response, self.url)
+        if response.code != 200:
+            await read_limited(response, 0)
+            raise UpstreamUnavailable(
+                f"{self.source.host} answered {response.code} for {self.url}"
+            )
+        cutter = self._cutter = PartCutter(
+            self.part_size, self.window, self._start_part, self.on_progress
+        )
+        response.deliverBody(cutter)
+        try:
+            await cutter.finished
+            self._raise_error()
+            reason = cutter.reason
+            assert reason is not None
+            if not reason.check(ResponseDone, PotentialDataLoss):
+                raise UpstreamUnavailable(
+                    f"{self.source.host} broke off after {cutter.received} bytes "
+                    f"of {self.url}: {_reason(reason)}"
+                )
+            sha256 = cutter.hasher.hexdigest()
+            rest = cutter.rest()
+            if self._parts == 0:
+                await self._for_each_region(self._put, rest, sha256)
+            else:
+                if rest:
+                    self._start_part(rest)
+                await self._drain()
+                self._raise_error()
+                await self._for_each_region(self._complete, cutter.received, sha256)
+            return Outcome(cutter.received, sha256)
+        except BaseException:
+            cutter.stop()
+            await self._drain()
+            await self._abort_uploads()
+            raise
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            self._error.raiseException()
+
+    async def _for_each_region(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(region, *args)`` in every region at once; raise the first error."""
+        ds = [Deferred.fromCoroutine(fn(region, *args)) for region in self.regions]
+        try:
+            await gatherResults(ds, consumeErrors=True)
+        except Exception as e:
+            sub = getattr(e, "subFailure", None)
+            if sub is not None:
+                sub.raiseException()
+            raise
+
+    # -- parts ---------------------------------------------------------
+
+    def _start_part(self, data: bytes) -> Deferred[None]:
+        self._parts += 1
+        number = self._parts
+        offset = (number - 1) * self.part_size
+        d = Deferred.fromCoroutine(
+            self._for_each_region(self._store_part, number, offset, data)
+        )
+        d.addErrback(self._part_failed)
+        self._in_flight.add(d)
+        d.addBoth(self._part_settled, d)
+        return d
+
+    def _part_settled(self, result: object, d: Deferred[None]) -> object:
+        self._in_flight.discard(d)
+        return result
+
+    def _part_failed(self, failure: Failure) -> None:
+        if self._error is None:
+            self._error = failure
+            self.log.warn(
+                "storing {key} failed: {error}", key=self.key, error=failure.value
+            )
+        if self._cutter is not None:
+            self._cutter.stop()
+
+    async def _drain(self) -> None:
+        while self._in_flight:
+            await gatherResults(list(self._in_flight))
+
+    async def _upload_id(self, region: str) -> str:
+        if region not in self._uploads:
+            self._uploads[region] = Shared(
+                Deferred.fromCoroutine(
+                    self.storage.start_upload(region, self.key, self.info)
+                )
+            )
+        return await self._uploads[region].wait()
+
+    async def _store_part(
+        self, region: str, number: int, offset: int, data: bytes
+    ) -> None:
+        upload_id = await self._upload_id(region)
+        etag = await self._storage_call(
+            region, self.storage.upload_part, region, self.key, upload_id, number,
+            offset, data,
+        )
+        self._etags[region].append((number, etag))
+
+    async def _put(self, region: str, data: bytes, sha256: str) -> None:
+        await self._storage_call(
+            region, self.storage.put, region, self.key, data, self.info, sha256
+        )
+        self._completed.add(region)
+
+    async def _complete(self, region: str, size: int, sha256: str) -> None:
+        upload_id = await self._upload_id(region)
+        parts = sorted(self._etags[region])
+        await self._storage_call(
+            region, self.storage.complete_upload, region, self.key, upload_id, parts,
+            self.info, sha256, size,
+        )
+        self._completed.add(region)
+
+    async def _storage_call(self, region: str, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await fn(*args)
+        except StorageError:
+            raise
+        except Exception as e:
+            raise StorageError(f"storage in {region} failed: {_describe(e)}") from e
+
+    async def _abort_uploads(self) -> None:
+        for region, upload in self._uploads.items():
+            if region in self._completed:
+                continue
+            try:
+                upload_id = await upload.wait()
+            except Exception:
+                continue  # never started: nothing to abort
+            try:
+                await self.storage.abort_upload(region, self.key, upload_id)
+            except Exception:
+                self.log.failure(
+                    "aborting the upload of {key} in {region}",
+                    key=self.key,
+                    region=region,
+                )
+
+
+def _reason(failure: Failure) -> str:
+    reasons = getattr(failure.value, "reasons", None)
+    if reasons:
+        return "; ".join(_describe(r.value) for r in reasons)
+    return _describe(failure.value)
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+class Fetcher:
+    """Runs a task's transfer: the task service's runner."""
+
+    def __init__(
+        self,
+        sources: Mapping[str, Source],
+        storage: StorageService,
+        part_size: int,
+        window: int,
+    ) -> None:
+        self.sources = sources
+        self.storage = storage
+        self.part_size = part_size
+        self.window = window
+
+    async def __call__(self, task: Task, on_progress: Callable[[int], None]) -> Outcome:
+        transfer = Transfer(
+            self.sources[task.request.source],
+            self.storage,
+            task.request,
+            task.regions,
+            part_size=self.part_size,
+            window=self.window,
+            on_progress=on_progress,
+        )
+        return await transfer.run()

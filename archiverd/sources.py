@@ -1,0 +1,204 @@
+"""Upstream VCS hosts: archive URLs, symbolic rev resolution, error messages."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+
+from archiverd.config import SourceConfig
+from archiverd.errors import BadRequest, UpstreamRefused, UpstreamUnavailable
+from archiverd.keys import ArchiveRequest, is_changeset_id
+from archiverd.shared import Shared
+
+#: Upstream answers that mean "this archive does not exist": never retried.
+REFUSALS = (403, 404, 410)
+ERROR_BODY_LIMIT = 64 * 1024
+JSON_LIMIT = 1024 * 1024
+
+
+class _LimitedReader(Protocol):
+    """Collects at most ``limit`` bytes of a body, then drops the connection."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.finished: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        if self.limit <= 0 and self.transport is not None:
+            self.transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.size >= self.limit:
+            return
+        self.chunks.append(data[: self.limit - self.size])
+        self.size += len(self.chunks[-1])
+        if self.size >= self.limit and self.transport is not None:
+            self.transport.stopProducing()
+
+    def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
+        body = b"".join(self.chunks)
+        if self.size >= self.limit or reason.check(ResponseDone):
+            self.finished.callback(body)
+        else:
+            self.finished.errback(reason)
+
+
+async def read_limited(response: Any, limit: int) -> bytes:
+    """At most ``limit`` bytes of a response body (a longer one is cut)."""
+    reader = _LimitedReader(limit)
+    response.deliverBody(reader)
+    return await reader.finished
+
+
+_HGWEB_ERROR = re.compile(
+    rb"An error occurred while processing your request:\s*</p>\s*<p>(.*?)</p>",
+    re.DOTALL,
+)
+_TAGS = re.compile(rb"<(script|style)\b.*?</\1>|<[^>]*>", re.DOTALL | re.IGNORECASE)
+
+
+def error_message(body: bytes, limit: int = 300) -> str:
+    """Upstream's own words from an error page, on one short line."""
+    match = _HGWEB_ERROR.search(body)
+    if match:
+        text = match.group(1)
+    elif b"<" in body[:512]:
+        text = _TAGS.sub(b" ", body)
+    else:
+        text = body
+    words = html.unescape(text.decode("utf-8", "replace")).split()
+    line = " ".join(words)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _fill(template: str, **fields: str) -> str:
+    """Format a URL template with each field percent-encoded for its place."""
+    return template.format(
+        **{
+            name: quote(value, safe="/" if name in ("repo", "subdir") else "")
+            for name, value in fields.items()
+        }
+    )
+
+
+class Source:
+    """One configured upstream, e.g. hg.mozilla.org's hgweb."""
+
+    log = Logger()
+
+    def __init__(self, config: SourceConfig, client: Any) -> None:
+        self.config = config
+        self.name = config.name
+        self.host = config.host
+        self._client = client
+        self._resolving: dict[tuple[str, str], Shared[str]] = {}
+        origin = urlsplit(config.url_template.split("{", 1)[0] + "x")
+        self._origin = (origin.scheme, origin.netloc)
+
+    def _checked(self, url: str) -> str:
+        parts = urlsplit(url)
+        if (parts.scheme, parts.netloc) != self._origin:
+            raise BadRequest("request does not fit the source's URL template")
+        return url
+
+    def archive_url(self, request: ArchiveRequest) -> str:
+        """Where upstream serves this archive."""
+        return self._checked(
+            _fill(
+                self.config.url_template,
+                repo=request.repo,
+                rev=request.rev,
+                suffix=request.suffix,
+                subdir=request.subdir,
+            )
+        )
+
+    def rev_url(self, request: ArchiveRequest) -> str:
+        """Where upstream tells which changeset a rev names (hgweb's json-rev)."""
+        return self._checked(
+            _fill(
+                self.config.resolved_rev_url_template,
+                repo=request.repo,
+                rev=request.rev,
+                suffix=request.suffix,
+                subdir=request.subdir,
+            )
+        )
+
+    async def get(self, url: str, **kwargs: Any) -> Any:
+        """GET from upstream; connection problems become UpstreamUnavailable."""
+        try:
+            return await self._client.get(
+                url, timeout=self.config.headers_timeout, unbuffered=True, **kwargs
+            )
+        except Exception as e:
+            raise UpstreamUnavailable(
+                f"cannot reach {self.host} for {url}: {_describe(e)}"
+            ) from e
+
+    async def refusal(self, response: Any, url: str) -> UpstreamRefused:
+        """The error to report for a 403/404/410 answer, quoting upstream."""
+        try:
+            body = await read_limited(response, ERROR_BODY_LIMIT)
+        except Exception:
+            body = b""
+        return UpstreamRefused(self.host, response.code, url, error_message(body))
+
+    async def resolve(self, request: ArchiveRequest) -> ArchiveRequest:
+        """Pin a symbolic rev (tag, bookmark, branch) to its changeset.
+
+        Changeset ids are returned as they are. Anything else is asked of
+        upstream every time (concurrent asks for one name share one lookup),
+        so a moving name is never served stale.
+        """
+        if not request.is_symbolic:
+            return request
+        name = (request.repo, request.rev)
+        lookup = self._resolving.get(name)
+        if lookup is None:
+            lookup = Shared(Deferred.fromCoroutine(self._lookup(request)))
+            if not lookup.done:
+                self._resolving[name] = lookup
+                lookup.wait().addBoth(lambda _: self._resolving.pop(name, None))
+        return request.with_rev(await lookup.wait())
+
+    async def _lookup(self, request: ArchiveRequest) -> str:
+        url = self.rev_url(request)
+        response = await self.get(url, headers={"Accept": ["application/json"]})
+        if response.code in REFUSALS:
+            raise await self.refusal(response, url)
+        if response.code != 200:
+            await read_limited(response, 0)
+            raise UpstreamUnavailable(
+                f"{self.host} answered {response.code} for {url}"
+            )
+        body = await read_limited(response, JSON_LIMIT)
+        try:
+            node = json.loads(body)["node"]
+        except (ValueError, KeyError, TypeError):
+            node = None
+        if not isinstance(node, str) or not is_changeset_id(node):
+            raise UpstreamUnavailable(f"{self.host} gave no changeset for {url}")
+        self.log.debug(
+            "{rev} of {repo} is {node}", rev=request.rev, repo=request.repo, node=node
+        )
+        return node
+
+
+def _describe(e: BaseException) -> str:
+    """A one-line reason for a connection failure."""
+    reasons = getattr(e, "reasons", None)
+    if reasons:
+        return "; ".join(str(r.value) for r in reasons)
+    return str(e) or type(e).__name__

@@ -1,0 +1,71 @@
+"""The storage interface: where archives are kept, one place per region.
+
+Implementations are synchronous and know nothing of Twisted; they run on the
+storage thread pool (:mod:`archiverd.storage.service`). Every method may be
+called from several threads at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What an object carries besides its bytes."""
+
+    content_type: str
+    filename: str
+
+    @property
+    def content_disposition(self) -> str:
+        return f'attachment; filename="{self.filename}"'
+
+
+class Storage(Protocol):
+    """Objects by key in several regions, uploaded in parts."""
+
+    #: Configured regions; the first is the default.
+    regions: tuple[str, ...]
+
+    def open(self) -> None:
+        """Prepare for use (clients, folders, secrets); may block."""
+
+    def close(self) -> None:
+        """Release what :meth:`open` took."""
+
+    def exists(self, region: str, key: str) -> bool:
+        """True when a complete object is stored under ``key``."""
+
+    def signed_url(self, region: str, key: str, expires_in: int) -> str:
+        """A URL that lets its holder GET the object for ``expires_in`` seconds.
+
+        It may be relative to archiverd itself (it then starts with ``/``).
+        """
+
+    def put(
+        self, region: str, key: str, data: bytes, info: ObjectInfo, sha256: str
+    ) -> None:
+        """Store a whole (small) object in one request."""
+
+    def start_upload(self, region: str, key: str, info: ObjectInfo) -> str:
+        """Begin a multipart upload; returns its upload id."""
+
+    def upload_part(
+        self, region: str, key: str, upload_id: str, number: int, offset: int,
+        data: bytes,
+    ) -> str:
+        """Store part ``number`` (from 1) that starts at byte ``offset``.
+
+        Returns the part's tag for :meth:`complete_upload`.
+        """
+
+    def complete_upload(
+        self, region: str, key: str, upload_id: str, parts: list[tuple[int, str]],
+        info: ObjectInfo, sha256: str, size: int,
+    ) -> None:
+        """Make the object visible, whole, with its sha256 in its metadata."""
+
+    def abort_upload(self, region: str, key: str, upload_id: str) -> None:
+        """Drop an unfinished upload and every part stored for it."""

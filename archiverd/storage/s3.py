@@ -1,0 +1,151 @@
+"""S3 storage through botocore: a bucket per region.
+
+Credentials come from botocore's normal chain (environment, profile, instance
+role). One client per region, created once in :meth:`S3Storage.open` and
+shared by the pool's threads (botocore clients are thread-safe).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import botocore.session
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError
+
+from archiverd.storage.base import ObjectInfo
+
+#: CopyObject's limit; larger objects keep their sha256 out of the metadata.
+MAX_COPY_SIZE = 5 * 1024**3
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+
+
+class S3Storage:
+    """Objects in S3 (or an S3-compatible server at ``endpoint_url``)."""
+
+    def __init__(
+        self,
+        buckets: Mapping[str, str],
+        endpoint_url: str | None = None,
+        addressing_style: str | None = None,
+        max_attempts: int = 5,
+        max_connections: int = 16,
+        session: Any = None,
+    ) -> None:
+        self.buckets = dict(buckets)
+        self.regions = tuple(buckets)
+        self._endpoint_url = endpoint_url
+        self._session = session
+        s3_options = {"addressing_style": addressing_style} if addressing_style else {}
+        self._boto_config = BotoConfig(
+            signature_version="s3v4",
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            max_pool_connections=max_connections,
+            s3=s3_options,
+            # Integrity is checked end to end with sha256; botocore's own
+            # per-request CRC would hash every byte a second time.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        self._clients: dict[str, Any] = {}
+
+    def open(self) -> None:
+        session = self._session or botocore.session.get_session()
+        for region in self.regions:
+            self._clients[region] = session.create_client(
+                "s3",
+                region_name=region,
+                endpoint_url=self._endpoint_url,
+                config=self._boto_config,
+            )
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+    def _call(self, region: str) -> tuple[Any, str]:
+        return self._clients[region], self.buckets[region]
+
+    def exists(self, region: str, key: str) -> bool:
+        client, bucket = self._call(region)
+        try:
+            client.head_object(Bucket=bucket, Key=key)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in _MISSING:
+                return False
+            raise
+        return True
+
+    def signed_url(self, region: str, key: str, expires_in: int) -> str:
+        client, bucket = self._call(region)
+        url: str = client.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_in
+        )
+        return url
+
+    def put(
+        self, region: str, key: str, data: bytes, info: ObjectInfo, sha256: str
+    ) -> None:
+        client, bucket = self._call(region)
+        client.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=data,
+            ContentType=info.content_type,
+            ContentDisposition=info.content_disposition,
+            Metadata={"sha256": sha256},
+        )
+
+    def start_upload(self, region: str, key: str, info: ObjectInfo) -> str:
+        client, bucket = self._call(region)
+        response = client.create_multipart_upload(
+            Bucket=bucket,
+            Key=key,
+            ContentType=info.content_type,
+            ContentDisposition=info.content_disposition,
+        )
+        upload_id: str = response["UploadId"]
+        return upload_id
+
+    def upload_part(
+        self, region: str, key: str, upload_id: str, number: int, offset: int,
+        data: bytes,
+    ) -> str:
+        client, bucket = self._call(region)
+        response = client.upload_part(
+            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+        )
+        etag: str = response["ETag"]
+        return etag
+
+    def complete_upload(
+        self, region: str, key: str, upload_id: str, parts: list[tuple[int, str]],
+        info: ObjectInfo, sha256: str, size: int,
+    ) -> None:
+        client, bucket = self._call(region)
+        client.complete_multipart_upload(
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={
+                "Parts": [{"PartNumber": n, "ETag": etag} for n, etag in parts]
+            },
+        )
+        if size <= MAX_COPY_SIZE:
+            # Metadata is fixed when an upload starts, before the sha256 is
+            # known: copy the object onto itself (server-side) to add it.
+            client.copy_object(
+                Bucket=bucket,
+                Key=key,
+                CopySource={"Bucket": bucket, "Key": key},
+                MetadataDirective="REPLACE",
+                ContentType=info.content_type,
+                ContentDisposition=info.content_disposition,
+                Metadata={"sha256": sha256},
+            )
+
+    def abort_upload(self, region: str, key: str, upload_id: str) -> None:
+        client, bucket = self._call(region)
+        client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)

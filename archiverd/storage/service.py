@@ -1,0 +1,112 @@
+"""Runs a blocking :class:`~archiverd.storage.base.Storage` on its own thread pool.
+
+The pool is dedicated (not the reactor's, which resolves DNS) and owned by
+:class:`StorageService`, which starts it and stops it with the daemon. Every
+method here is called on the reactor thread and returns an awaitable; the
+storage's own code runs only on pool threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from archiverd.errors import StorageError
+from archiverd.storage.base import ObjectInfo, Storage
+
+T = TypeVar("T")
+
+
+class StorageService(Service):
+    """The async face of a storage backend, and owner of its thread pool."""
+
+    log = Logger()
+
+    def __init__(self, storage: Storage, reactor: Any, threads: int = 16) -> None:
+        self.storage = storage
+        self.regions = storage.regions
+        self.default_region = storage.regions[0]
+        self._reactor = reactor
+        self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="archiverd-storage")
+        self._opened = False
+        self._open_error: BaseException | None = None
+        self._waiters: list[Deferred[None]] = []
+
+    def mark_open(self) -> None:
+        """Say that ``storage.open()`` has already run (at start-up)."""
+        self._opened = True
+
+    def _open_done(self, result: Any) -> None:
+        if isinstance(result, Failure):
+            self.log.failure("storage could not be opened", result)
+            self._open_error = result.value
+        self._opened = True
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def startService(self) -> None:
+        super().startService()
+        self._pool.start()
+        if not self._opened:
+            d = deferToThreadPool(self._reactor, self._pool, self.storage.open)
+            d.addBoth(self._open_done)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        d = deferToThreadPool(self._reactor, self._pool, self.storage.close)
+        d.addErrback(lambda f: self.log.failure("closing storage", f))
+        d.addBoth(lambda _: self._pool.stop())
+        return d
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the pool once storage is open."""
+        if not self._opened:
+            waiter: Deferred[None] = Deferred()
+            self._waiters.append(waiter)
+            await waiter
+        if self._open_error is not None:
+            raise StorageError(f"storage is not available: {self._open_error}")
+        return await deferToThreadPool(self._reactor, self._pool, fn, *args)
+
+    async def exists(self, region: str, key: str) -> bool:
+        return await self.call(self.storage.exists, region, key)
+
+    async def signed_url(self, region: str, key: str, expires_in: int) -> str:
+        return await self.call(self.storage.signed_url, region, key, expires_in)
+
+    async def put(
+        self, region: str, key: str, data: bytes, info: ObjectInfo, sha256: str
+    ) -> None:
+        await self.call(self.storage.put, region, key, data, info, sha256)
+
+    async def start_upload(self, region: str, key: str, info: ObjectInfo) -> str:
+        return await self.call(self.storage.start_upload, region, key, info)
+
+    async def upload_part(
+        self, region: str, key: str, upload_id: str, number: int, offset: int,
+        data: bytes,
+    ) -> str:
+        return await self.call(
+            self.storage.upload_part, region, key, upload_id, number, offset, data
+        )
+
+    async def complete_upload(
+        self, region: str, key: str, upload_id: str, parts: list[tuple[int, str]],
+        info: ObjectInfo, sha256: str, size: int,
+    ) -> None:
+        await self.call(
+            self.storage.complete_upload, region, key, upload_id, parts, info,
+            sha256, size,
+        )
+
+    async def abort_upload(self, region: str, key: str, upload_id: str) -> None:
+        await self.call(self.storage.abort_upload, region, key, upload_id)
+

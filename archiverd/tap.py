@@ -1,0 +1,129 @@
+"""The composition root: ``twistd -n archiverd --config archiverd.toml``.
+
+The only module that touches the global reactor, and only in
+:func:`makeService`. Services are added so that ``MultiService`` (which stops
+children in reverse order) stops the listener first, then the tasks (aborting
+every upload in flight), then the storage thread pool.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import treq
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.python import usage
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.server import Site
+
+from archiverd import __version__
+from archiverd.config import Config, ConfigError, load
+from archiverd.pipeline import Fetcher
+from archiverd.sources import Source
+from archiverd.storage.base import Storage
+from archiverd.storage.files import FileStorage
+from archiverd.storage.s3 import S3Storage
+from archiverd.storage.service import StorageService
+from archiverd.tasks import TaskService
+from archiverd.web import ArchiverAPI
+
+
+class Options(usage.Options):
+    optParameters = [
+        ["config", "c", None, "TOML configuration file."],
+        ["listen", "l", None, "Endpoint to serve on (overrides the config's 'listen')."],
+    ]
+
+    def opt_version(self) -> None:
+        print(f"archiverd {__version__}")
+        sys.exit(0)
+
+
+def build_storage(config: Config) -> Storage:
+    """The configured backend (not yet opened)."""
+    storage = config.storage
+    if storage.backend == "s3":
+        return S3Storage(
+            storage.s3.buckets,
+            endpoint_url=storage.s3.endpoint_url,
+            addressing_style=storage.s3.addressing_style,
+            max_attempts=storage.s3.max_attempts,
+            max_connections=storage.threads,
+        )
+    return FileStorage(storage.file.root, storage.file.regions, storage.file.secret)
+
+
+def _fail(message: str) -> SystemExit:
+    return SystemExit(f"archiverd: {message}")
+
+
+class Daemon(MultiService):
+    """archiverd's services, in start order, and the API they serve."""
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        super().__init__()
+        backend = build_storage(config)
+        self.storage = StorageService(backend, reactor, config.storage.threads)
+        self.files = backend if isinstance(backend, FileStorage) else None
+        self.http_pool = HTTPConnectionPool(reactor)
+        client = treq.client.HTTPClient(Agent(reactor, pool=self.http_pool))
+        sources = {name: Source(sc, client) for name, sc in config.sources.items()}
+        fetcher = Fetcher(
+            sources,
+            self.storage,
+            config.pipeline.part_size,
+            config.pipeline.parts_in_flight,
+        )
+        self.tasks = TaskService(reactor, fetcher, config.tasks.keep_finished)
+        self.api = ArchiverAPI(
+            sources,
+            self.storage,
+            self.tasks,
+            reactor,
+            signed_url_expiry=config.storage.signed_url_expiry,
+            public_url=config.public_url,
+            files=self.files,
+        )
+        self.storage.setServiceParent(self)
+        self.tasks.setServiceParent(self)
+
+    def open_files(self) -> None:
+        """Open local-files storage now, so a bad root fails start-up at once."""
+        if self.files is not None:
+            self.files.open()
+            self.storage.mark_open()
+
+    def stopService(self) -> Any:
+        d = super().stopService()
+        d.addBoth(lambda _: self.http_pool.closeCachedConnections())
+        return d
+
+
+def makeService(options: Options) -> MultiService:
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        config = load(options["config"], os.environ)
+    except ConfigError as e:
+        raise _fail(f"config error: {e}") from None
+    listen = options["listen"] or config.listen
+    try:
+        endpoint = serverFromString(reactor, listen)
+    except (ValueError, TypeError, KeyError) as e:
+        raise _fail(f"config error: listen: bad endpoint {listen!r}: {e}") from None
+
+    daemon = Daemon(config, reactor)
+    try:
+        daemon.open_files()
+    except OSError as e:
+        raise _fail(
+            f"config error: storage.file.root: cannot use {config.storage.file.root}: "
+            f"{e.strerror or e}"
+        ) from None
+    web = StreamServerEndpointService(endpoint, Site(daemon.api.resource()))
+    web.setServiceParent(daemon)
+    return daemon

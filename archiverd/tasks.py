@@ -1,0 +1,250 @@
+"""The in-memory task table: one task per archive being fetched.
+
+A task id names exactly one archive (see :mod:`archiverd.keys`), so the table
+is keyed by it and a request for an archive whose task is running joins that
+task: N concurrent requests make one download. A failed task is replaced by the
+next request; a finished one stays for ``keep_finished`` seconds so pollers can
+read its outcome, then is dropped.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from archiverd.errors import StorageError, UpstreamError
+from archiverd.keys import ArchiveRequest
+
+SUCCESS_STATUS = "Task completed! Check 's3_urls' for upload locations."
+
+
+class State(enum.Enum):
+    PENDING = "PENDING"
+    STARTED = "STARTED"
+    PROGRESS = "PROGRESS"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+
+
+FINISHED = (State.SUCCESS, State.FAILURE)
+
+
+@dataclass(eq=False)
+class Task:
+    """One archive being fetched into some regions."""
+
+    request: ArchiveRequest
+    src_url: str
+    regions: tuple[str, ...]
+    created: float
+    upstream_host: str = ""
+    state: State = State.PENDING
+    error: str = ""
+    bytes_received: int = 0
+    started: float | None = None
+    finished: float | None = None
+    size: int | None = None
+    sha256: str | None = None
+    deferred: Deferred[None] | None = field(default=None, repr=False)
+
+    @property
+    def task_id(self) -> str:
+        return self.request.task_id
+
+    @property
+    def key(self) -> str:
+        return self.request.key
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINISHED
+
+    @property
+    def status(self) -> str:
+        """A sentence for people."""
+        if self.state is State.PENDING:
+            return "Task queued"
+        if self.state is State.STARTED:
+            return f"Downloading archive from {self.upstream_host}"
+        if self.state is State.PROGRESS:
+            return f"Uploading: {self.bytes_received / 2**20:.1f} MiB so far"
+        if self.state is State.SUCCESS:
+            return SUCCESS_STATUS
+        return self.error
+
+    def describe(self, now: float) -> dict[str, Any]:
+        """The task as the status endpoint shows it (without ``s3_urls``)."""
+        end = self.finished if self.finished is not None else now
+        result: dict[str, Any] = {
+            "state": self.state.value,
+            "status": self.status,
+            "src_url": self.src_url,
+            "bytes_received": self.bytes_received,
+            "elapsed_seconds": round(end - self.created, 3),
+            "regions": list(self.regions),
+        }
+        if self.state is State.SUCCESS:
+            result["size"] = self.size
+            result["sha256"] = self.sha256
+        return result
+
+
+@dataclass(frozen=True)
+class Outcome:
+    size: int
+    sha256: str
+
+
+Runner = Callable[[Task, Callable[[int], None]], Awaitable[Outcome]]
+
+
+class TaskService(Service):
+    """Starts, tracks and expires tasks; cancels the running ones on stop."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        runner: Runner,
+        keep_finished: float = 3600.0,
+    ) -> None:
+        self._clock = clock
+        self._runner = runner
+        self.keep_finished = keep_finished
+        self._tasks: dict[str, Task] = {}
+        self._expiry = LoopingCall(self.expire)
+        self._expiry.clock = clock
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def startService(self) -> None:
+        super().startService()
+        interval = max(1.0, min(self.keep_finished, 60.0))
+        self._expiry.start(interval, now=False).addErrback(
+            lambda f: self.log.failure("task expiry stopped", f)
+        )
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        if self._expiry.running:
+            self._expiry.stop()
+        running = [t.deferred for t in self._tasks.values() if t.deferred is not None]
+        for d in running:
+            d.cancel()
+        return DeferredList(running, consumeErrors=True)
+
+    def get(self, task_id: str) -> Task | None:
+        """The task with this id, unless it finished too long ago."""
+        task = self._tasks.get(task_id)
+        if task is not None and self._expired(task):
+            del self._tasks[task_id]
+            return None
+        return task
+
+    def active(self, task_id: str) -> Task | None:
+        """The task with this id if it is still working."""
+        task = self._tasks.get(task_id)
+        return task if task is not None and not task.done else None
+
+    def _expired(self, task: Task) -> bool:
+        return (
+            task.finished is not None
+            and self._clock.seconds() - task.finished >= self.keep_finished
+        )
+
+    def expire(self) -> None:
+        """Drop finished tasks older than ``keep_finished``."""
+        for task_id in [t for t, task in self._tasks.items() if self._expired(task)]:
+            del self._tasks[task_id]
+
+    def submit(
+        self,
+        request: ArchiveRequest,
+        src_url: str,
+        regions: Sequence[str],
+        upstream_host: str,
+        since: float,
+    ) -> Task:
+        """The task that stores ``request`` in ``regions``, started if needed.
+
+        A running task for the same archive is joined. So is one that
+        succeeded at or after ``since``, when the caller looked in storage:
+        the caller's view is older than that success.
+        """
+        task = self.get(request.task_id)
+        if task is not None and not task.done:
+            return task
+        if (
+            task is not None
+            and task.state is State.SUCCESS
+            and task.finished is not None
+            and task.finished >= since
+        ):
+            return task
+        task = Task(
+            request,
+            src_url,
+            tuple(regions),
+            self._clock.seconds(),
+            upstream_host=upstream_host,
+        )
+        self._tasks[task.task_id] = task
+        d = Deferred.fromCoroutine(self._run(task))
+        task.deferred = None if task.done else d
+        return task
+
+    async def _run(self, task: Task) -> None:
+        task.state = State.STARTED
+        task.started = self._clock.seconds()
+        self.log.info(
+            "fetching {key} from {url} into {regions}",
+            key=task.key,
+            url=task.src_url,
+            regions=",".join(task.regions),
+        )
+
+        def progress(received: int) -> None:
+            task.bytes_received = received
+            task.state = State.PROGRESS
+
+        try:
+            outcome = await self._runner(task, progress)
+        except CancelledError:
+            self._finish(task, State.FAILURE, "cancelled: archiverd is stopping")
+            self.log.warn("{key}: cancelled", key=task.key)
+        except (UpstreamError, StorageError) as e:
+            self._finish(task, State.FAILURE, str(e))
+            self.log.warn("{key} failed: {error}", key=task.key, error=str(e))
+        except Exception:
+            self._finish(task, State.FAILURE, "internal error; see archiverd's log")
+            self.log.failure("{key} failed", Failure(), key=task.key)
+        else:
+            task.size = outcome.size
+            task.sha256 = outcome.sha256
+            self._finish(task, State.SUCCESS)
+            self.log.info(
+                "stored {key} ({size} bytes, sha256 {sha256}) in {regions} "
+                "in {seconds:.2f}s",
+                key=task.key,
+                size=outcome.size,
+                sha256=outcome.sha256,
+                regions=",".join(task.regions),
+                seconds=(task.finished or 0) - task.created,
+            )
+
+    def _finish(self, task: Task, state: State, error: str = "") -> None:
+        task.state = state
+        task.error = error
+        task.finished = self._clock.seconds()
+        task.deferred = None

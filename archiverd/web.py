@@ -1,0 +1,281 @@
+"""The HTTP API, compatible with the archiver service it replaces.
+
+- ``GET /archiver/<source>/<repo>/<rev>?subdir=&suffix=&preferred_region=``:
+  302 to a signed storage URL when stored, else 202 and a task.
+- ``GET /archiver/status/<task_id>``: the task's state.
+- ``GET /archiver/files/<region>/<key>?expires=&signature=``: objects of the
+  local-files backend, behind URLs that archiverd signed.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, urljoin
+
+from klein import Klein
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import static
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import NotFound as RouteNotFound
+
+from archiverd.errors import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    UpstreamRefused,
+    UpstreamUnavailable,
+)
+from archiverd.keys import MAX_NAME_LENGTH, ArchiveRequest, key_for_task_id
+from archiverd.sources import Source
+from archiverd.storage.files import FileStorage
+from archiverd.storage.service import StorageService
+from archiverd.tasks import SUCCESS_STATUS, State, TaskService
+
+UNKNOWN_STATUS = "no status available at this point."
+_HOST = re.compile(r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?\Z")
+#: A task id longer than this names no archive (3 names, a rev, escapes).
+MAX_TASK_ID = 8 * MAX_NAME_LENGTH
+
+
+def _json(request: IRequest, body: object, code: int = 200) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader("Content-Type", "application/json")
+    return json.dumps(body).encode()
+
+
+def _arg(request: IRequest, name: str, default: str = "") -> str:
+    values = request.args.get(name.encode())
+    if not values:
+        return default
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest(f"{name} is not valid UTF-8") from None
+
+
+class ArchiverAPI:
+    """The Klein application; collaborators are passed in."""
+
+    app = Klein()
+    app.url_map.merge_slashes = False
+    log = Logger()
+
+    def __init__(
+        self,
+        sources: Mapping[str, Source],
+        storage: StorageService,
+        tasks: TaskService,
+        clock: IReactorTime,
+        *,
+        signed_url_expiry: int = 300,
+        public_url: str | None = None,
+        files: FileStorage | None = None,
+    ) -> None:
+        self.sources = sources
+        self.storage = storage
+        self.tasks = tasks
+        self.clock = clock
+        self.signed_url_expiry = signed_url_expiry
+        self.public_url = public_url
+        self.files = files
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    # -- helpers ---------------------------------------------------------
+
+    def _base_url(self, request: IRequest) -> str:
+        """Where clients reach archiverd: public_url, else the request's Host."""
+        if self.public_url:
+            return self.public_url
+        scheme = "https" if request.isSecure() else "http"
+        host = (request.getHeader("host") or "").strip()
+        if not _HOST.match(host):
+            address = request.getHost()
+            host = f"{getattr(address, 'host', 'localhost')}:{getattr(address, 'port', 80)}"
+        return f"{scheme}://{host}"
+
+    async def _signed_url(self, request: IRequest, region: str, key: str) -> str:
+        url = await self.storage.signed_url(region, key, self.signed_url_expiry)
+        # The file backend signs URLs relative to archiverd itself.
+        return urljoin(self._base_url(request) + "/", url)
+
+    async def _signed_urls(self, request: IRequest, key: str) -> dict[str, str]:
+        regions = self.storage.regions
+        urls = await gatherResults(
+            [
+                Deferred.fromCoroutine(self._signed_url(request, region, key))
+                for region in regions
+            ],
+            consumeErrors=True,
+        )
+        return dict(zip(regions, urls))
+
+    async def _stored_in(self, key: str) -> list[str]:
+        regions = self.storage.regions
+        found = await gatherResults(
+            [Deferred.fromCoroutine(self.storage.exists(r, key)) for r in regions],
+            consumeErrors=True,
+        )
+        return [region for region, yes in zip(regions, found) if yes]
+
+    # -- routes ----------------------------------------------------------
+
+    @app.route("/archiver/<source>/<path:repo>/", methods=["GET", "HEAD"])
+    @app.route("/archiver/<source>/<path:repo>/<rev>", methods=["GET", "HEAD"])
+    async def archive(
+        self, request: IRequest, source: str, repo: str, rev: str = ""
+    ) -> bytes:
+        """Redirect to the stored archive, or start fetching it (202)."""
+        upstream = self.sources.get(source)
+        if upstream is None:
+            raise NotFound(f"unknown source {source!r}")
+        wanted = ArchiveRequest.parse(
+            source,
+            repo,
+            rev,
+            suffix=_arg(request, "suffix", "tar.gz"),
+            subdir=_arg(request, "subdir"),
+        )
+        src_url = upstream.archive_url(wanted)  # refuses what escapes the template
+        wanted = await upstream.resolve(wanted)
+        src_url = upstream.archive_url(wanted)
+        key = wanted.key
+        preferred = _arg(request, "preferred_region")
+        region = preferred if preferred in self.storage.regions else (
+            self.storage.default_region
+        )
+
+        running = self.tasks.active(wanted.task_id)
+        if running is not None and region in running.regions:
+            # Being fetched into this region right now: no storage call needed.
+            return self._accepted(request, wanted.task_id)
+
+        since = self.clock.seconds()
+        if await self.storage.exists(region, key):
+            return await self._redirect(request, region, key)
+        stored = await self._stored_in(key)
+        missing = [r for r in self.storage.regions if r not in stored]
+        if region not in missing:
+            return await self._redirect(request, region, key)
+        task = self.tasks.submit(wanted, src_url, missing, upstream.host, since)
+        return self._accepted(request, task.task_id)
+
+    async def _redirect(self, request: IRequest, region: str, key: str) -> bytes:
+        url = await self._signed_url(request, region, key)
+        request.redirect(url.encode())
+        request.setHeader("Content-Type", "text/html; charset=utf-8")
+        link = html.escape(url)
+        return f'<p>The archive is at <a href="{link}">{link}</a>.</p>\n'.encode()
+
+    def _accepted(self, request: IRequest, task_id: str) -> bytes:
+        location = f"{self._base_url(request)}/archiver/status/{quote(task_id, safe='')}"
+        request.setHeader("Location", location)
+        return _json(request, {"result": {}}, 202)
+
+    @app.route("/archiver/status/<task_id>", methods=["GET", "HEAD"])
+    async def status(self, request: IRequest, task_id: str) -> bytes:
+        """A task's state; s3_urls are signed now, so they are always fresh."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            result = await self._status_from_storage(request, task_id)
+        else:
+            result = task.describe(self.clock.seconds())
+            result["s3_urls"] = (
+                await self._signed_urls(request, task.key)
+                if task.state is State.SUCCESS
+                else {}
+            )
+        return _json(request, {"result": result})
+
+    async def _status_from_storage(
+        self, request: IRequest, task_id: str
+    ) -> dict[str, Any]:
+        """For a task this process does not know: stored means SUCCESS."""
+        unknown = {
+            "state": State.PENDING.value,
+            "status": UNKNOWN_STATUS,
+            "src_url": "",
+            "s3_urls": {},
+        }
+        if len(task_id) > MAX_TASK_ID or not task_id.isprintable():
+            return unknown
+        try:
+            key = key_for_task_id(task_id)
+        except ValueError:
+            return unknown
+        if set(await self._stored_in(key)) != set(self.storage.regions):
+            return unknown
+        return {
+            "state": State.SUCCESS.value,
+            "status": SUCCESS_STATUS,
+            "src_url": "",
+            "s3_urls": await self._signed_urls(request, key),
+        }
+
+    @app.route("/archiver/files/<region>/<path:key>", methods=["GET", "HEAD"])
+    async def file(self, request: IRequest, region: str, key: str) -> Any:
+        """An object of the local-files backend, with Range support."""
+        if self.files is None:
+            raise NotFound("no such file")
+        expires = _arg(request, "expires")
+        signature = _arg(request, "signature")
+        if not self.files.verify(region, key, expires, signature):
+            raise Forbidden("this link has expired or is not valid")
+        stored = await self.storage.call(self.files.stat, region, key)
+        if stored is None:
+            raise NotFound("no such file")
+        request.setHeader("Content-Disposition", stored.content_disposition)
+        request.setHeader("Cache-Control", "private, max-age=3600, immutable")
+        resource = static.File(str(stored.path), defaultType=stored.content_type)
+        resource.type = stored.content_type
+        resource.encoding = None
+        # The key spans several path segments; the file is this leaf itself.
+        request.prepath.extend(request.postpath)
+        request.postpath = []
+        return resource
+
+    # -- errors ----------------------------------------------------------
+
+    @app.handle_errors(BadRequest)
+    def bad_request(self, request: IRequest, failure: Failure) -> bytes:
+        return _json(request, {"error": str(failure.value)}, 400)
+
+    @app.handle_errors(Forbidden)
+    def forbidden(self, request: IRequest, failure: Failure) -> bytes:
+        return _json(request, {"error": str(failure.value)}, 403)
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request: IRequest, failure: Failure) -> bytes:
+        return _json(request, {"error": str(failure.value)}, 404)
+
+    @app.handle_errors(UpstreamRefused)
+    def refused(self, request: IRequest, failure: Failure) -> bytes:
+        return _json(request, {"error": str(failure.value)}, 404)
+
+    @app.handle_errors(UpstreamUnavailable)
+    def unavailable(self, request: IRequest, failure: Failure) -> bytes:
+        self.log.warn("{error}", error=str(failure.value))
+        return _json(request, {"error": str(failure.value)}, 502)
+
+    @app.handle_errors(RouteNotFound)
+    def no_route(self, request: IRequest, failure: Failure) -> bytes:
+        return _json(request, {"error": "not found"}, 404)
+
+    @app.handle_errors(HTTPException)
+    def http_error(self, request: IRequest, failure: Failure) -> bytes:
+        error: HTTPException = failure.value
+        return _json(request, {"error": error.description or error.name}, error.code or 500)
+
+    @app.handle_errors(Exception)
+    def internal_error(self, request: IRequest, failure: Failure) -> bytes:
+        self.log.failure("answering {uri}", failure, uri=request.uri)
+        return _json(request, {"error": "internal error; see archiverd's log"}, 500)

@@ -1,0 +1,80 @@
+"""Fixtures running real components on loopback: hgweb, moto S3, and an
+upstream that breaks mid-transfer. See ``fixtures.py`` for the APIs.
+
+None of these fixtures touch the Twisted reactor (pytest-twisted runs one in
+this process): servers live in subprocesses or plain threads.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from daemon import InProcess
+from fixtures import (
+    MOTO_ENV,
+    MOTO_ENV_REMOVED,
+    BreakingUpstream,
+    HgwebServer,
+    MotoS3,
+    S3Buckets,
+    build_standard_repos,
+)
+
+
+@pytest.fixture(scope="session")
+def hgweb(tmp_path_factory: pytest.TempPathFactory):
+    """A real ``hg serve --web-conf`` over the standard test repositories.
+
+    Session-wide: ``commit()``/``tag()``/``bookmark()`` on the standard repos
+    are seen by every later test; make a fresh repo (``commit()`` on a new
+    path creates it) when a test needs to move ``default``/``tip``.
+    """
+    server = HgwebServer(tmp_path_factory.mktemp("hgweb"))
+    build_standard_repos(server)
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """A moto S3 server on 127.0.0.1, with fake AWS credentials exported
+    (and ``AWS_SESSION_TOKEN``/``AWS_SECURITY_TOKEN``/``AWS_PROFILE``
+    removed) in ``os.environ`` for the whole session."""
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in MOTO_ENV.items():
+            env.setenv(name, value)
+        for name in MOTO_ENV_REMOVED:
+            env.delenv(name, raising=False)
+        with MotoS3() as moto:
+            yield moto
+
+
+@pytest.fixture
+def s3_buckets(moto_server: MotoS3):
+    """Two fresh buckets, in us-east-1 and us-west-2; emptied and deleted
+    afterwards."""
+    with S3Buckets(moto_server) as buckets:
+        yield buckets
+
+
+@pytest.fixture
+def breaking_upstream():
+    """An HTTP server whose every archive is cut off mid-stream."""
+    with BreakingUpstream() as upstream:
+        yield upstream
+
+
+@pytest_twisted.async_yield_fixture
+async def start_archiverd():
+    """Start archiverd in this process with a raw config; stopped afterwards."""
+    started: list[InProcess] = []
+
+    async def start(raw_config: dict) -> InProcess:
+        daemon = InProcess(raw_config)
+        await daemon.start()
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        await daemon.stop()

@@ -1,0 +1,84 @@
+"""archiverd running inside the test process, on the test reactor."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import treq
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.web.server import Site
+
+from archiverd.config import parse
+from archiverd.tap import Daemon
+
+MIB = 1024 * 1024
+
+
+def s3_config(hgweb_template: str, buckets: Any, **pipeline: Any) -> dict[str, Any]:
+    """Raw config: hgweb upstream, moto S3 with the fixture's buckets."""
+    return {
+        "sources": {"hgmo": {"url_template": hgweb_template}},
+        "storage": {
+            "backend": "s3",
+            "s3": {
+                "endpoint_url": buckets.endpoint_url,
+                "buckets": dict(buckets.buckets),
+                "addressing_style": "path",
+            },
+        },
+        "pipeline": {"part_size": 5 * MIB, **pipeline},
+    }
+
+
+def file_config(hgweb_template: str, root: str, **pipeline: Any) -> dict[str, Any]:
+    return {
+        "sources": {"hgmo": {"url_template": hgweb_template}},
+        "storage": {"backend": "file", "file": {"root": root, "regions": ["a", "b"]}},
+        "pipeline": {"part_size": 5 * MIB, **pipeline},
+    }
+
+
+class InProcess:
+    """A Daemon listening on a free loopback port of the test reactor."""
+
+    def __init__(self, raw_config: dict[str, Any]) -> None:
+        self.config = parse(raw_config)
+        self.daemon = Daemon(self.config, reactor)
+        self.port: Any = None
+        self.base_url = ""
+
+    async def start(self) -> None:
+        self.daemon.open_files()
+        self.daemon.startService()
+        self.port = reactor.listenTCP(
+            0, Site(self.daemon.api.resource()), interface="127.0.0.1"
+        )
+        self.base_url = f"http://127.0.0.1:{self.port.getHost().port}"
+
+    async def stop(self) -> None:
+        await self.port.stopListening()
+        await self.daemon.stopService()
+
+    async def get(self, path: str, **kwargs: Any) -> Any:
+        url = path if path.startswith("http") else self.base_url + path
+        return await treq.get(url, allow_redirects=False, **kwargs)
+
+    async def get_json(self, path: str) -> tuple[int, Any]:
+        response = await self.get(path)
+        body = await response.content()
+        return response.code, json.loads(body)
+
+    async def wait(self, location: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Poll a status URL until the task finishes."""
+        waited = 0.0
+        while True:
+            code, body = await self.get_json(location)
+            assert code == 200
+            result: dict[str, Any] = body["result"]
+            if result["state"] in ("SUCCESS", "FAILURE"):
+                return result
+            assert waited < timeout, f"task still {result} after {timeout}s"
+            await deferLater(reactor, 0.05, lambda: None)
+            waited += 0.05
