@@ -1,0 +1,209 @@
+"""`twistd -n archiverd` as a subprocess, driven like the old service's clients."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from fixtures import free_port
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TWISTD = Path(sys.executable).parent / "twistd"
+
+
+def _env() -> dict[str, str]:
+    # The checkout itself (not an installed copy) is what runs, plugin included.
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+
+
+def _twistd(*args: str, cwd: Path) -> subprocess.Popen[bytes]:
+    """Start the daemon; its output goes to cwd/twistd.out (never a full pipe)."""
+    with open(cwd / "twistd.out", "wb") as out:
+        return subprocess.Popen(
+            [str(TWISTD), "-n", "--pidfile=", "archiverd", *args],
+            cwd=cwd,
+            env=_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _output(proc: subprocess.Popen[bytes], cwd: Path) -> str:
+    proc.wait(timeout=30)
+    return (cwd / "twistd.out").read_text()
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError("archiverd exited early")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("archiverd did not start listening")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def _open(url: str, follow: bool = True) -> tuple[int, dict[str, str], bytes]:
+    handlers = [urllib.request.ProxyHandler({})]
+    if not follow:
+        handlers.append(_NoRedirect())
+    opener = urllib.request.build_opener(*handlers)
+    try:
+        with opener.open(url, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def _members(archive: bytes, prefix: str) -> dict[str, bytes]:
+    """What the old client extracts: members under prefix, prefix stripped."""
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r|gz") as tar:
+        for member in tar:
+            if member.isfile() and member.name.startswith(prefix):
+                data = tar.extractfile(member)
+                assert data is not None
+                out[member.name[len(prefix) :]] = data.read()
+    return out
+
+
+@pytest.fixture
+def daemon_config(tmp_path: Path, hgweb, s3_buckets) -> Path:
+    buckets = ", ".join(f'"{r}" = "{b}"' for r, b in s3_buckets.buckets.items())
+    config = tmp_path / "archiverd.toml"
+    config.write_text(
+        f"""
+[sources.hgmo]
+url_template = "{hgweb.url_template}"
+
+[storage]
+backend = "s3"
+signed_url_expiry = 300
+
+[storage.s3]
+endpoint_url = "{s3_buckets.endpoint_url}"
+addressing_style = "path"
+buckets = {{ {buckets} }}
+
+[pipeline]
+part_size = 5242880
+"""
+    )
+    return config
+
+
+def test_old_clients_session_against_twistd(tmp_path, hgweb, s3_buckets, daemon_config):
+    """202 with an absolute Location and {"result": {}}, polls to SUCCESS with
+    both regions' URLs whose bytes are upstream's, then a 302 to the
+    preferred region; SIGTERM stops the daemon cleanly."""
+    port = free_port()
+    proc = _twistd(
+        "--config", str(daemon_config), "--listen", f"tcp:{port}:interface=127.0.0.1",
+        cwd=tmp_path,
+    )
+    try:
+        _wait_for_port(port, proc)
+        base = f"http://127.0.0.1:{port}"
+        node = hgweb.node("projects/ash", "tip")
+        rev = node[:12]
+        url = (
+            f"{base}/archiver/hgmo/projects/ash/{node}"
+            "?subdir=testing/mozharness&preferred_region=us-west-2"
+        )
+        code, headers, body = _open(url)
+        assert code == 202
+        assert json.loads(body) == {"result": {}}
+        location = headers["Location"]
+        assert location == (
+            f"{base}/archiver/status/projects_ash-{rev}.tar.gz_testing_mozharness"
+        )
+
+        deadline = time.monotonic() + 60
+        while True:
+            code, _, body = _open(location)
+            assert code == 200
+            result = json.loads(body)["result"]
+            if result["state"] in ("SUCCESS", "FAILURE"):
+                break
+            assert time.monotonic() < deadline, result
+            time.sleep(0.1)
+        assert result["state"] == "SUCCESS", result
+        assert set(result["s3_urls"]) == {"us-east-1", "us-west-2"}
+
+        expected = hgweb.archive("projects/ash", rev, subdir="testing/mozharness")
+        for signed in result["s3_urls"].values():
+            code, _, data = _open(signed)
+            assert code == 200
+            assert data == expected
+        files = _members(expected, f"ash-{rev}/testing/mozharness/")
+        assert "scripts/run.py" in files
+
+        code, headers, _ = _open(url, follow=False)
+        assert code == 302
+        assert s3_buckets.buckets["us-west-2"] in headers["Location"]
+        code, _, data = _open(url)  # the old client follows the redirect
+        assert code == 200 and data == expected
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    # twistd re-raises the signal that stopped it once shutdown is complete.
+    assert proc.returncode == -signal.SIGTERM
+    log = _output(proc, tmp_path)
+    assert "Server Shut Down." in log
+    assert "Traceback" not in log
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("[storage.s3]\nbucket = 'x'\n", "storage.s3.bucket: unknown key"),
+        ("[storage]\nbackend = 's3'\n", "storage.s3.buckets: no regions configured"),
+        ("listen = 'nonsense:1'\n", "listen: bad endpoint 'nonsense:1'"),
+        ("[pipeline]\npart_size = 1024\n", "pipeline.part_size: must be between"),
+        ("this is not toml", "not valid TOML"),
+    ],
+)
+def test_bad_config_stops_start_up_with_one_clear_line(tmp_path, config, message):
+    path = tmp_path / "archiverd.toml"
+    path.write_text(config)
+    proc = _twistd("--config", str(path), cwd=tmp_path)
+    lines = _output(proc, tmp_path).strip().splitlines()
+    assert proc.returncode != 0
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("archiverd: config error: ")
+    assert message in lines[0]
+
+
+def test_unreadable_config_names_the_file(tmp_path):
+    proc = _twistd("--config", str(tmp_path / "missing.toml"), cwd=tmp_path)
+    out = _output(proc, tmp_path)
+    assert proc.returncode != 0
+    assert out.strip() == (
+        f"archiverd: config error: {tmp_path / 'missing.toml'}: cannot read: "
+        "No such file or directory"
+    )
