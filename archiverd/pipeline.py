@@ -41,6 +41,8 @@ from archiverd.storage.base import ObjectInfo
 from archiverd.storage.service import StorageService
 from archiverd.tasks import Outcome, Task
 
+_DONE = Failure(ResponseDone())
+
 
 class PartCutter(Protocol):
     """Receives an upstream body and cuts it into parts.
@@ -113,7 +115,7 @@ class PartCutter(Protocol):
             if self.transport is not None and not self._lost:
                 self.transport.stopProducing()
 
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = _DONE) -> None:  # type: ignore[override]
         self._lost = True
         self.reason = reason
         if not self.finished.called:
@@ -255,8 +257,14 @@ class Transfer:
     ) -> None:
         upload_id = await self._upload_id(region)
         etag = await self._storage_call(
-            region, self.storage.upload_part, region, self.key, upload_id, number,
-            offset, data,
+            region,
+            self.storage.upload_part,
+            region,
+            self.key,
+            upload_id,
+            number,
+            offset,
+            data,
         )
         self._etags[region].append((number, etag))
 
@@ -270,12 +278,21 @@ class Transfer:
         upload_id = await self._upload_id(region)
         parts = sorted(self._etags[region])
         await self._storage_call(
-            region, self.storage.complete_upload, region, self.key, upload_id, parts,
-            self.info, sha256, size,
+            region,
+            self.storage.complete_upload,
+            region,
+            self.key,
+            upload_id,
+            parts,
+            self.info,
+            sha256,
+            size,
         )
         self._completed.add(region)
 
-    async def _storage_call(self, region: str, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _storage_call(
+        self, region: str, fn: Callable[..., Any], *args: Any
+    ) -> Any:
         try:
             return await fn(*args)
         except StorageError:

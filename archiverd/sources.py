@@ -24,6 +24,8 @@ REFUSALS = (403, 404, 410)
 ERROR_BODY_LIMIT = 64 * 1024
 JSON_LIMIT = 1024 * 1024
 
+_DONE = Failure(ResponseDone())
+
 
 class _LimitedReader(Protocol):
     """Collects at most ``limit`` bytes of a body, then drops the connection."""
@@ -46,7 +48,7 @@ class _LimitedReader(Protocol):
         if self.size >= self.limit and self.transport is not None:
             self.transport.stopProducing()
 
-    def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = _DONE) -> None:  # type: ignore[override]
         body = b"".join(self.chunks)
         if self.size >= self.limit or reason.check(ResponseDone):
             self.finished.callback(body)
@@ -180,9 +182,7 @@ class Source:
             raise await self.refusal(response, url)
         if response.code != 200:
             await read_limited(response, 0)
-            raise UpstreamUnavailable(
-                f"{self.host} answered {response.code} for {url}"
-            )
+            raise UpstreamUnavailable(f"{self.host} answered {response.code} for {url}")
         body = await read_limited(response, JSON_LIMIT)
         try:
             node = json.loads(body)["node"]

@@ -14,7 +14,8 @@ from typing import Any
 
 import treq
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
@@ -28,13 +29,18 @@ from archiverd.storage.files import FileStorage
 from archiverd.storage.s3 import S3Storage
 from archiverd.storage.service import StorageService
 from archiverd.tasks import TaskService
-from archiverd.web import ArchiverAPI
+from archiverd.web import ArchiverAPI, access_log_formatter
 
 
 class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "TOML configuration file."],
-        ["listen", "l", None, "Endpoint to serve on (overrides the config's 'listen')."],
+        [
+            "listen",
+            "l",
+            None,
+            "Endpoint to serve on (overrides the config's 'listen').",
+        ],
     ]
 
     def opt_version(self) -> None:
@@ -97,9 +103,17 @@ class Daemon(MultiService):
             self.storage.mark_open()
 
     def stopService(self) -> Any:
-        d = super().stopService()
-        d.addBoth(lambda _: self.http_pool.closeCachedConnections())
-        return d
+        # One at a time, last started first: the listener stops accepting,
+        # then the tasks abort their uploads (which needs the storage pool),
+        # and only then does the storage pool stop. MultiService would stop
+        # them all at once.
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_in_order())
+
+    async def _stop_in_order(self) -> None:
+        for service in reversed(list(self)):
+            await maybeDeferred(service.stopService)
+        await self.http_pool.closeCachedConnections()
 
 
 def makeService(options: Options) -> MultiService:
@@ -124,6 +138,8 @@ def makeService(options: Options) -> MultiService:
             f"config error: storage.file.root: cannot use {config.storage.file.root}: "
             f"{e.strerror or e}"
         ) from None
-    web = StreamServerEndpointService(endpoint, Site(daemon.api.resource()))
+    web = StreamServerEndpointService(
+        endpoint, Site(daemon.api.resource(), logFormatter=access_log_formatter)
+    )
     web.setServiceParent(daemon)
     return daemon

@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import static
+from twisted.web import http, static
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import NotFound as RouteNotFound
@@ -43,6 +43,29 @@ UNKNOWN_STATUS = "no status available at this point."
 _HOST = re.compile(r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?\Z")
 #: A task id longer than this names no archive (3 names, a rev, escapes).
 MAX_TASK_ID = 8 * MAX_NAME_LENGTH
+
+
+_SIGNATURE = re.compile(rb"(signature|X-Amz-Signature|X-Amz-Credential)=[^&\s]*", re.I)
+
+
+def access_log_formatter(timestamp: str, request: Any) -> str:
+    """Twisted's combined log format, with URL signatures redacted."""
+    return http.combinedLogFormatter(timestamp, _Redacted(request))
+
+
+class _Redacted:
+    """A request as the access log sees it: signature query values hidden."""
+
+    def __init__(self, request: Any) -> None:
+        self._request = request
+        self.uri = _SIGNATURE.sub(rb"\1=REDACTED", request.uri)
+
+    def getHeader(self, name: bytes) -> bytes | None:  # noqa: N802 (Twisted API)
+        value: bytes | None = self._request.getHeader(name)
+        return _SIGNATURE.sub(rb"\1=REDACTED", value) if value else value
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
 
 
 def _json(request: IRequest, body: object, code: int = 200) -> bytes:
@@ -100,7 +123,8 @@ class ArchiverAPI:
         host = (request.getHeader("host") or "").strip()
         if not _HOST.match(host):
             address = request.getHost()
-            host = f"{getattr(address, 'host', 'localhost')}:{getattr(address, 'port', 80)}"
+            name = getattr(address, "host", "127.0.0.1")
+            host = f"{name}:{getattr(address, 'port', 80)}"
         return f"{scheme}://{host}"
 
     async def _signed_url(self, request: IRequest, region: str, key: str) -> str:
@@ -150,8 +174,10 @@ class ArchiverAPI:
         src_url = upstream.archive_url(wanted)
         key = wanted.key
         preferred = _arg(request, "preferred_region")
-        region = preferred if preferred in self.storage.regions else (
-            self.storage.default_region
+        region = (
+            preferred
+            if preferred in self.storage.regions
+            else (self.storage.default_region)
         )
 
         running = self.tasks.active(wanted.task_id)
@@ -177,7 +203,9 @@ class ArchiverAPI:
         return f'<p>The archive is at <a href="{link}">{link}</a>.</p>\n'.encode()
 
     def _accepted(self, request: IRequest, task_id: str) -> bytes:
-        location = f"{self._base_url(request)}/archiver/status/{quote(task_id, safe='')}"
+        location = (
+            f"{self._base_url(request)}/archiver/status/{quote(task_id, safe='')}"
+        )
         request.setHeader("Location", location)
         return _json(request, {"result": {}}, 202)
 
@@ -273,7 +301,9 @@ class ArchiverAPI:
     @app.handle_errors(HTTPException)
     def http_error(self, request: IRequest, failure: Failure) -> bytes:
         error: HTTPException = failure.value
-        return _json(request, {"error": error.description or error.name}, error.code or 500)
+        return _json(
+            request, {"error": error.description or error.name}, error.code or 500
+        )
 
     @app.handle_errors(Exception)
     def internal_error(self, request: IRequest, failure: Failure) -> bytes:

@@ -53,7 +53,12 @@ class Storage(Protocol):
         """Begin a multipart upload; returns its upload id."""
 
     def upload_part(
-        self, region: str, key: str, upload_id: str, number: int, offset: int,
+        self,
+        region: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        offset: int,
         data: bytes,
     ) -> str:
         """Store part ``number`` (from 1) that starts at byte ``offset``.
@@ -62,8 +67,14 @@ class Storage(Protocol):
         """
 
     def complete_upload(
-        self, region: str, key: str, upload_id: str, parts: list[tuple[int, str]],
-        info: ObjectInfo, sha256: str, size: int,
+        self,
+        region: str,
+        key: str,
+        upload_id: str,
+        parts: list[tuple[int, str]],
+        info: ObjectInfo,
+        sha256: str,
+        size: int,
     ) -> None:
         """Make the object visible, whole, with its sha256 in its metadata."""
 

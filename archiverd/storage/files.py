@@ -118,9 +118,7 @@ class FileStorage:
             return None
         if meta.get("key") != key:
             return None
-        return StoredFile(
-            path, size, meta["content_type"], meta["content_disposition"]
-        )
+        return StoredFile(path, size, meta["content_type"], meta["content_disposition"])
 
     def metadata(self, region: str, key: str) -> dict[str, object] | None:
         try:
@@ -160,7 +158,12 @@ class FileStorage:
     # -- writing ---------------------------------------------------------
 
     def _publish(
-        self, region: str, key: str, partial: Path, info: ObjectInfo, sha256: str,
+        self,
+        region: str,
+        key: str,
+        partial: Path,
+        info: ObjectInfo,
+        sha256: str,
         size: int,
     ) -> None:
         target = self._object_path(region, key)
@@ -184,7 +187,11 @@ class FileStorage:
         try:
             self.upload_part(region, key, upload_id, 1, 0, data)
             self._publish(
-                region, key, self._partial_path(region, upload_id), info, sha256,
+                region,
+                key,
+                self._partial_path(region, upload_id),
+                info,
+                sha256,
                 len(data),
             )
         except BaseException:
@@ -197,7 +204,12 @@ class FileStorage:
         return upload_id
 
     def upload_part(
-        self, region: str, key: str, upload_id: str, number: int, offset: int,
+        self,
+        region: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        offset: int,
         data: bytes,
     ) -> str:
         fd = os.open(self._partial_path(region, upload_id), os.O_WRONLY)
@@ -212,13 +224,21 @@ class FileStorage:
         return str(number)
 
     def complete_upload(
-        self, region: str, key: str, upload_id: str, parts: list[tuple[int, str]],
-        info: ObjectInfo, sha256: str, size: int,
+        self,
+        region: str,
+        key: str,
+        upload_id: str,
+        parts: list[tuple[int, str]],
+        info: ObjectInfo,
+        sha256: str,
+        size: int,
     ) -> None:
         partial = self._partial_path(region, upload_id)
         if partial.stat().st_size != size:
-            raise OSError(f"upload {upload_id} holds {partial.stat().st_size} "
-                          f"bytes, expected {size}")
+            raise OSError(
+                f"upload {upload_id} holds {partial.stat().st_size} "
+                f"bytes, expected {size}"
+            )
         with open(partial, "rb+") as f:
             os.fsync(f.fileno())
         self._publish(region, key, partial, info, sha256, size)

@@ -110,7 +110,12 @@ class S3Storage:
         return upload_id
 
     def upload_part(
-        self, region: str, key: str, upload_id: str, number: int, offset: int,
+        self,
+        region: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        offset: int,
         data: bytes,
     ) -> str:
         client, bucket = self._call(region)
@@ -121,8 +126,14 @@ class S3Storage:
         return etag
 
     def complete_upload(
-        self, region: str, key: str, upload_id: str, parts: list[tuple[int, str]],
-        info: ObjectInfo, sha256: str, size: int,
+        self,
+        region: str,
+        key: str,
+        upload_id: str,
+        parts: list[tuple[int, str]],
+        info: ObjectInfo,
+        sha256: str,
+        size: int,
     ) -> None:
         client, bucket = self._call(region)
         client.complete_multipart_upload(

@@ -34,7 +34,9 @@ class StorageService(Service):
         self.regions = storage.regions
         self.default_region = storage.regions[0]
         self._reactor = reactor
-        self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="archiverd-storage")
+        self._pool = ThreadPool(
+            minthreads=0, maxthreads=threads, name="archiverd-storage"
+        )
         self._opened = False
         self._open_error: BaseException | None = None
         self._waiters: list[Deferred[None]] = []
@@ -91,7 +93,12 @@ class StorageService(Service):
         return await self.call(self.storage.start_upload, region, key, info)
 
     async def upload_part(
-        self, region: str, key: str, upload_id: str, number: int, offset: int,
+        self,
+        region: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        offset: int,
         data: bytes,
     ) -> str:
         return await self.call(
@@ -99,14 +106,25 @@ class StorageService(Service):
         )
 
     async def complete_upload(
-        self, region: str, key: str, upload_id: str, parts: list[tuple[int, str]],
-        info: ObjectInfo, sha256: str, size: int,
+        self,
+        region: str,
+        key: str,
+        upload_id: str,
+        parts: list[tuple[int, str]],
+        info: ObjectInfo,
+        sha256: str,
+        size: int,
     ) -> None:
         await self.call(
-            self.storage.complete_upload, region, key, upload_id, parts, info,
-            sha256, size,
+            self.storage.complete_upload,
+            region,
+            key,
+            upload_id,
+            parts,
+            info,
+            sha256,
+            size,
         )
 
     async def abort_upload(self, region: str, key: str, upload_id: str) -> None:
         await self.call(self.storage.abort_upload, region, key, upload_id)
-

@@ -46,7 +46,9 @@ def _output(proc: subprocess.Popen[bytes], cwd: Path) -> str:
     return (cwd / "twistd.out").read_text()
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+def _wait_for_port(
+    port: int, proc: subprocess.Popen[bytes], timeout: float = 20
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -119,7 +121,10 @@ def test_old_clients_session_against_twistd(tmp_path, hgweb, s3_buckets, daemon_
     preferred region; SIGTERM stops the daemon cleanly."""
     port = free_port()
     proc = _twistd(
-        "--config", str(daemon_config), "--listen", f"tcp:{port}:interface=127.0.0.1",
+        "--config",
+        str(daemon_config),
+        "--listen",
+        f"tcp:{port}:interface=127.0.0.1",
         cwd=tmp_path,
     )
     try:

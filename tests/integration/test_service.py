@@ -69,9 +69,13 @@ async def test_cold_request_streams_into_both_regions_then_redirects(
 
 
 @pytest_twisted.ensureDeferred
-async def test_multipart_archive_is_whole_with_sha256(hgweb, s3_buckets, start_archiverd):
+async def test_multipart_archive_is_whole_with_sha256(
+    hgweb, s3_buckets, start_archiverd
+):
     """A 12 MiB archive goes up in 5 MiB parts and comes back byte for byte."""
-    d = await start_archiverd(s3_config(hgweb.url_template, s3_buckets, parts_in_flight=2))
+    d = await start_archiverd(
+        s3_config(hgweb.url_template, s3_buckets, parts_in_flight=2)
+    )
     response = await d.get("/archiver/hgmo/big/repo/tip?suffix=zip")
     assert response.code == 202
     result = await d.wait(response.headers.getRawHeaders("location")[0])
@@ -89,7 +93,9 @@ async def test_multipart_archive_is_whole_with_sha256(hgweb, s3_buckets, start_a
 
 
 @pytest_twisted.ensureDeferred
-async def test_concurrent_requests_make_one_upstream_get(hgweb, s3_buckets, start_archiverd):
+async def test_concurrent_requests_make_one_upstream_get(
+    hgweb, s3_buckets, start_archiverd
+):
     """50 simultaneous requests for one archive: one GET, one object per region."""
     d = await start_archiverd(s3_config(hgweb.url_template, s3_buckets))
     node = hgweb.node("big/repo", "tip")[:12]
@@ -113,7 +119,9 @@ async def test_concurrent_requests_make_one_upstream_get(hgweb, s3_buckets, star
 
 
 @pytest_twisted.ensureDeferred
-async def test_upstream_404_is_a_failure_quoting_upstream(hgweb, s3_buckets, start_archiverd):
+async def test_upstream_404_is_a_failure_quoting_upstream(
+    hgweb, s3_buckets, start_archiverd
+):
     d = await start_archiverd(s3_config(hgweb.url_template, s3_buckets))
     response = await d.get("/archiver/hgmo/projects/ash/abcdef123456")
     assert response.code == 202
