@@ -58,8 +58,9 @@ class InProcess:
         self.base_url = f"http://127.0.0.1:{self.port.getHost().port}"
 
     async def stop(self) -> None:
-        await self.port.stopListening()
-        await self.daemon.stopService()
+        if self.daemon.running:
+            await self.port.stopListening()
+            await self.daemon.stopService()
 
     async def get(self, path: str, **kwargs: Any) -> Any:
         url = path if path.startswith("http") else self.base_url + path

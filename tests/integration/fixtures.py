@@ -202,8 +202,11 @@ class HgwebServer:
         raise RuntimeError(
             "hg serve did not start:\n"
             + self.stdout_log.read_text(errors="replace")
-            + (self.error_log.read_text(errors="replace")
-               if self.error_log.exists() else "")
+            + (
+                self.error_log.read_text(errors="replace")
+                if self.error_log.exists()
+                else ""
+            )
         )
 
     def stop(self) -> None:
@@ -285,9 +288,7 @@ class HgwebServer:
         """Content of ``path`` at ``rev``, as hg stores it."""
         return hg(["cat", "-r", rev, "--", path], self.repo_path(repo))
 
-    def commit(
-        self, repo: str, files: dict[str, bytes | None], message: str
-    ) -> str:
+    def commit(self, repo: str, files: dict[str, bytes | None], message: str) -> str:
         """Write ``files`` into ``repo`` and commit them; return the new node.
 
         Creates the repository (and hgweb serves it immediately) if it does
@@ -521,9 +522,7 @@ class S3Buckets:
 
     def get(self, region: str, key: str) -> bytes:
         """The body of ``key`` in ``region``'s bucket."""
-        response = self.client(region).get_object(
-            Bucket=self.buckets[region], Key=key
-        )
+        response = self.client(region).get_object(Bucket=self.buckets[region], Key=key)
         return response["Body"].read()
 
     def head(self, region: str, key: str) -> dict:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import io
 import tarfile
+import threading
 from urllib.parse import urlsplit
 
 import pytest
 import pytest_twisted
 import treq
 from daemon import MIB, file_config, s3_config
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task, threads
 
 pytestmark = pytest.mark.integration
 
@@ -244,3 +246,67 @@ async def test_file_backend_serves_signed_urls_with_ranges(
     assert urlsplit(response.headers.getRawHeaders("location")[0]).path.startswith(
         "/archiver/files/a/"
     )
+
+
+class _StallingHandler(http.server.BaseHTTPRequestHandler):
+    """Sends `nbytes` of a chunked body, then stalls until released."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        chunk = b"x" * (256 * 1024)
+        for _ in range(self.server.nbytes // len(chunk)):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        self.wfile.flush()
+        self.server.release.wait(30)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def stalling_upstream():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StallingHandler)
+    server.daemon_threads = True
+    server.nbytes = 12 * MIB
+    server.release = threading.Event()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/{{repo}}/archive/{{rev}}.{{suffix}}"
+    server.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_mid_transfer_aborts_every_multipart_upload(
+    stalling_upstream, s3_buckets, start_archiverd
+):
+    """Stopping the daemon (as SIGTERM does) while parts are up leaves no
+    object and no pending multipart upload in any region."""
+    d = await start_archiverd(s3_config(stalling_upstream, s3_buckets))
+    response = await d.get("/archiver/hgmo/some/repo/0123456789ab")
+    location = response.headers.getRawHeaders("location")[0]
+
+    async def uploads_pending() -> bool:
+        pending = await threads.deferToThread(
+            lambda: [s3_buckets.pending_uploads(r) for r in s3_buckets.buckets]
+        )
+        return all(pending)
+
+    for _ in range(400):
+        if await uploads_pending():
+            break
+        await task.deferLater(reactor, 0.05, lambda: None)
+    else:
+        pytest.fail("no multipart upload started")
+    code, body = await d.get_json(location)
+    assert body["result"]["state"] == "PROGRESS"
+
+    await d.stop()
+    for region in s3_buckets.buckets:
+        assert s3_buckets.pending_uploads(region) == []
+        assert s3_buckets.keys(region) == []
