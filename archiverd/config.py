@@ -165,7 +165,10 @@ def _http_url(name: str, value: str) -> str:
 
 
 def _template(name: str, value: str, required: set[str]) -> str:
-    _http_url(name, value.split("{", 1)[0] + "x")
+    prefix = value.split("{", 1)[0]
+    _http_url(name, prefix + "x")
+    if not urlsplit(prefix).path.startswith("/"):
+        raise ConfigError(f"{name}: placeholders must come after the host")
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
     except ValueError as e:

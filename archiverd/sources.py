@@ -84,16 +84,6 @@ def error_message(body: bytes, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _fill(template: str, **fields: str) -> str:
-    """Format a URL template with each field percent-encoded for its place."""
-    return template.format(
-        **{
-            name: quote(value, safe="/" if name in ("repo", "subdir") else "")
-            for name, value in fields.items()
-        }
-    )
-
-
 class Source:
     """One configured upstream, e.g. hg.mozilla.org's hgweb."""
 
@@ -105,38 +95,29 @@ class Source:
         self.host = config.host
         self._client = client
         self._resolving: dict[tuple[str, str], Shared[str]] = {}
-        origin = urlsplit(config.url_template.split("{", 1)[0] + "x")
-        self._origin = (origin.scheme, origin.netloc)
 
-    def _checked(self, url: str) -> str:
-        parts = urlsplit(url)
-        if (parts.scheme, parts.netloc) != self._origin:
+    @staticmethod
+    def _url(template: str, request: ArchiveRequest) -> str:
+        """The template filled in; it must keep the template's scheme and host."""
+        url = template.format(
+            repo=quote(request.repo, safe="/"),
+            rev=quote(request.rev, safe=""),
+            suffix=quote(request.suffix, safe="."),
+            subdir=quote(request.subdir, safe="/"),
+        )
+        expected = urlsplit(template.split("{", 1)[0] + "x")
+        actual = urlsplit(url)
+        if (actual.scheme, actual.netloc) != (expected.scheme, expected.netloc):
             raise BadRequest("request does not fit the source's URL template")
         return url
 
     def archive_url(self, request: ArchiveRequest) -> str:
         """Where upstream serves this archive."""
-        return self._checked(
-            _fill(
-                self.config.url_template,
-                repo=request.repo,
-                rev=request.rev,
-                suffix=request.suffix,
-                subdir=request.subdir,
-            )
-        )
+        return self._url(self.config.url_template, request)
 
     def rev_url(self, request: ArchiveRequest) -> str:
         """Where upstream tells which changeset a rev names (hgweb's json-rev)."""
-        return self._checked(
-            _fill(
-                self.config.resolved_rev_url_template,
-                repo=request.repo,
-                rev=request.rev,
-                suffix=request.suffix,
-                subdir=request.subdir,
-            )
-        )
+        return self._url(self.config.resolved_rev_url_template, request)
 
     async def get(self, url: str, **kwargs: Any) -> Any:
         """GET from upstream; connection problems become UpstreamUnavailable."""

@@ -196,7 +196,7 @@ async def test_only_missing_regions_are_uploaded(hgweb, s3_buckets, start_archiv
     )
     path = f"/archiver/hgmo/mozilla-central/{node}"
     assert (await d.get(path)).code == 302  # default region has it
-    response = await d.get(path + "&preferred_region=us-west-2".replace("&", "?"))
+    response = await d.get(path + "?preferred_region=us-west-2")
     assert response.code == 202
     result = await d.wait(response.headers.getRawHeaders("location")[0])
     assert result["state"] == "SUCCESS"
