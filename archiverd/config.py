@@ -157,16 +157,16 @@ def _integer(table: _Table, key: str, default: int, low: int, high: int) -> int:
     return int(value)
 
 
-def _http_url(name: str, value: str) -> str:
+def _http_url(name: str, value: str, shown: str | None = None) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{name}: expected an http(s) URL, got {value!r}")
+        raise ConfigError(f"{name}: expected an http(s) URL, got {shown or value!r}")
     return value
 
 
 def _template(name: str, value: str, required: set[str]) -> str:
     prefix = value.split("{", 1)[0]
-    _http_url(name, prefix + "x")
+    _http_url(name, prefix + "x", shown=value)
     if not urlsplit(prefix).path.startswith("/"):
         raise ConfigError(f"{name}: placeholders must come after the host")
     try:
