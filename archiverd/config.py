@@ -38,6 +38,17 @@ class SourceConfig:
     rev_url_template: str = ""
     #: Seconds to wait for upstream's response headers.
     headers_timeout: float = 60.0
+    #: Seconds without a byte from upstream, mid-body, before giving up.
+    #: (Time spent paused for storage to catch up does not count.)
+    idle_timeout: float = 60.0
+    #: Seconds a whole transfer may take.
+    total_timeout: float = 3600.0
+    #: Further attempts after a connection failure, a reset or a 5xx.
+    retries: int = 3
+    #: First retry delay in seconds; doubled each time, with jitter.
+    retry_backoff: float = 1.0
+    #: Larger archives are refused.
+    max_archive_bytes: int = 5 * 1024 * MiB
 
     @property
     def host(self) -> str:
@@ -98,6 +109,10 @@ class PipelineConfig:
 class TasksConfig:
     #: Seconds a finished task stays in the table.
     keep_finished: float = 3600.0
+    #: Transfers that run at once; more wait their turn as PENDING.
+    max_concurrent_tasks: int = 8
+    #: Tasks the table holds; when all are unfinished, requests get 503.
+    max_tasks: int = 10000
 
 
 @dataclass(frozen=True)
@@ -110,6 +125,8 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     tasks: TasksConfig = field(default_factory=TasksConfig)
+    #: Seconds to finish aborting uploads on SIGTERM before exiting anyway.
+    shutdown_grace: float = 10.0
 
 
 class _Table:
@@ -197,9 +214,21 @@ def _source(name: str, table: _Table) -> SourceConfig:
     rev_template = table.take("rev_url_template", str, "")
     if rev_template:
         _template(table.name("rev_url_template"), rev_template, {"repo", "rev"})
-    headers_timeout = _number(table, "headers_timeout", 60.0, 0.1, 3600)
+    source = SourceConfig(
+        name,
+        template,
+        rev_template,
+        headers_timeout=float(_number(table, "headers_timeout", 60.0, 0.1, 3600)),
+        idle_timeout=float(_number(table, "idle_timeout", 60.0, 0.1, 3600)),
+        total_timeout=float(_number(table, "total_timeout", 3600.0, 1, 86400)),
+        retries=_integer(table, "retries", 3, 0, 20),
+        retry_backoff=float(_number(table, "retry_backoff", 1.0, 0, 600)),
+        max_archive_bytes=_integer(
+            table, "max_archive_bytes", 5 * 1024 * MiB, 1, 2**50
+        ),
+    )
     table.done()
-    return SourceConfig(name, template, rev_template, float(headers_timeout))
+    return source
 
 
 def _storage(table: _Table) -> StorageConfig:
@@ -257,6 +286,7 @@ def parse(raw: Mapping[str, Any]) -> Config:
     top = _Table(raw, "")
     listen = top.take("listen", str, DEFAULT_LISTEN)
     public_url = top.take("public_url", str, None)
+    shutdown_grace = float(_number(top, "shutdown_grace", 10.0, 0, 3600))
     if public_url is not None:
         public_url = _http_url("public_url", public_url).rstrip("/")
 
@@ -277,7 +307,11 @@ def parse(raw: Mapping[str, Any]) -> Config:
     pipeline.done()
 
     tasks = top.table("tasks")
-    keep = _number(tasks, "keep_finished", 3600.0, 0, 30 * 24 * 3600)
+    tasks_config = TasksConfig(
+        keep_finished=float(_number(tasks, "keep_finished", 3600.0, 0, 30 * 86400)),
+        max_concurrent_tasks=_integer(tasks, "max_concurrent_tasks", 8, 1, 1024),
+        max_tasks=_integer(tasks, "max_tasks", 10000, 1, 10_000_000),
+    )
     tasks.done()
     top.done()
 
@@ -287,7 +321,8 @@ def parse(raw: Mapping[str, Any]) -> Config:
         sources,
         storage,
         PipelineConfig(part_size, in_flight),
-        TasksConfig(float(keep)),
+        tasks_config,
+        shutdown_grace,
     )
 
 

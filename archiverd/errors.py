@@ -38,3 +38,7 @@ class UpstreamUnavailable(UpstreamError):
 
 class StorageError(Exception):
     """Storage failed in a region."""
+
+
+class Busy(Exception):
+    """Too much unfinished work to take more (HTTP 503 with Retry-After)."""

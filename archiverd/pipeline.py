@@ -26,14 +26,16 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
-from archiverd.errors import StorageError, UpstreamUnavailable
+from archiverd.errors import StorageError, UpstreamError, UpstreamUnavailable
 from archiverd.keys import ArchiveRequest
 from archiverd.shared import Shared
 from archiverd.sources import REFUSALS, Source, read_limited
@@ -58,8 +60,19 @@ class PartCutter(Protocol):
         window: int,
         on_part: Callable[[bytes], Deferred[None]],
         on_progress: Callable[[int], None],
+        *,
+        limit: int | None = None,
+        clock: IReactorTime | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.part_size = part_size
+        #: The body may not be longer than this.
+        self.limit = limit
+        #: Why the cutter stopped the body itself: "limit" or "idle".
+        self.stopped_for: str | None = None
+        self._clock = clock
+        self._idle_timeout = idle_timeout
+        self._idle: IDelayedCall | None = None
         self.window = window
         self.on_part = on_part
         self.on_progress = on_progress
@@ -75,9 +88,35 @@ class PartCutter(Protocol):
         self._stopped = False
         self._lost = False
 
+    def connectionMade(self) -> None:
+        self._arm()
+
+    def _arm(self) -> None:
+        """(Re)start the idle timer: upstream owes us bytes from now on."""
+        if self._clock is None or self._idle_timeout is None or self._stopped:
+            return
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self._idle_timeout)
+        else:
+            self._idle = self._clock.callLater(self._idle_timeout, self._went_idle)
+
+    def _disarm(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+
+    def _went_idle(self) -> None:
+        self._idle = None
+        self.stop("idle")
+
     def dataReceived(self, data: bytes) -> None:
         if self._stopped:
             return
+        if self.limit is not None and self.received + len(data) > self.limit:
+            self.stop("limit")
+            return
+        if not self._paused:
+            self._arm()
         self.received += len(data)
         self.hasher.update(data)
         self._chunks.append(data)
@@ -94,6 +133,7 @@ class PartCutter(Protocol):
         self._unfinished += 1
         if self._unfinished >= self.window and not self._paused:
             self._paused = True
+            self._disarm()  # waiting on storage is not upstream's idleness
             self.transport.pauseProducing()  # type: ignore[union-attr]
         self.on_part(part).addBoth(self._part_done)
 
@@ -101,22 +141,26 @@ class PartCutter(Protocol):
         self._unfinished -= 1
         if self._paused and self._unfinished < self.window and not self._stopped:
             self._paused = False
+            self._arm()
             self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def rest(self) -> bytes:
         """What is left after the last full part."""
         return b"".join(self._chunks)
 
-    def stop(self) -> None:
+    def stop(self, why: str | None = None) -> None:
         """Drop the connection; no more parts will be cut."""
+        self._disarm()
         if not self._stopped:
             self._stopped = True
+            self.stopped_for = why
             self._chunks = []
             if self.transport is not None and not self._lost:
                 self.transport.stopProducing()
 
     def connectionLost(self, reason: Failure = _DONE) -> None:  # type: ignore[override]
         self._lost = True
+        self._disarm()
         self.reason = reason
         if not self.finished.called:
             self.finished.callback(None)
@@ -137,8 +181,10 @@ class Transfer:
         part_size: int,
         window: int,
         on_progress: Callable[[int], None] = lambda received: None,
+        clock: IReactorTime | None = None,
     ) -> None:
         self.source = source
+        self.clock = clock
         self.storage = storage
         self.request = request
         self.key = request.key
@@ -166,13 +212,31 @@ class Transfer:
             raise UpstreamUnavailable(
                 f"{self.source.host} answered {response.code} for {self.url}"
             )
+        limits = self.source.config
         cutter = self._cutter = PartCutter(
-            self.part_size, self.window, self._start_part, self.on_progress
+            self.part_size,
+            self.window,
+            self._start_part,
+            self.on_progress,
+            limit=limits.max_archive_bytes,
+            clock=self.clock,
+            idle_timeout=limits.idle_timeout,
         )
         response.deliverBody(cutter)
         try:
             await cutter.finished
             self._raise_error()
+            if cutter.stopped_for == "limit":
+                raise UpstreamError(
+                    f"archive exceeds {limits.max_archive_bytes} bytes "
+                    f"(max_archive_bytes): {self.url}"
+                )
+            if cutter.stopped_for == "idle":
+                raise UpstreamUnavailable(
+                    f"no bytes from {self.source.host} for "
+                    f"{limits.idle_timeout:g}s (idle_timeout) after "
+                    f"{cutter.received} bytes of {self.url}"
+                )
             reason = cutter.reason
             assert reason is not None
             if not reason.check(ResponseDone, PotentialDataLoss):
@@ -331,7 +395,10 @@ def _describe(e: BaseException) -> str:
 
 
 class Fetcher:
-    """Runs a task's transfer: the task service's runner."""
+    """Runs a task's transfer, within its source's total time limit.
+
+    This is the task service's runner.
+    """
 
     def __init__(
         self,
@@ -339,20 +406,32 @@ class Fetcher:
         storage: StorageService,
         part_size: int,
         window: int,
+        clock: IReactorTime,
     ) -> None:
+        self.clock = clock
         self.sources = sources
         self.storage = storage
         self.part_size = part_size
         self.window = window
 
     async def __call__(self, task: Task, on_progress: Callable[[int], None]) -> Outcome:
+        source = self.sources[task.request.source]
         transfer = Transfer(
-            self.sources[task.request.source],
+            source,
             self.storage,
             task.request,
             task.regions,
             part_size=self.part_size,
             window=self.window,
             on_progress=on_progress,
+            clock=self.clock,
         )
-        return await transfer.run()
+        limit = source.config.total_timeout
+        run = Deferred.fromCoroutine(transfer.run())
+        run.addTimeout(limit, self.clock)
+        try:
+            return await run
+        except defer.TimeoutError:
+            raise UpstreamUnavailable(
+                f"fetching {transfer.url} took longer than {limit:g}s (total_timeout)"
+            ) from None

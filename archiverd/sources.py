@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import html
 import json
+import random
 import re
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -21,6 +26,8 @@ from archiverd.shared import Shared
 
 #: Upstream answers that mean "this archive does not exist": never retried.
 REFUSALS = (403, 404, 410)
+REDIRECTS = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 5
 ERROR_BODY_LIMIT = 64 * 1024
 JSON_LIMIT = 1024 * 1024
 
@@ -89,8 +96,16 @@ class Source:
 
     log = Logger()
 
-    def __init__(self, config: SourceConfig, client: Any) -> None:
+    def __init__(
+        self,
+        config: SourceConfig,
+        client: Any,
+        clock: IReactorTime,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
         self.config = config
+        self._clock = clock
+        self._jitter = jitter
         self.name = config.name
         self.host = config.host
         self._client = client
@@ -120,15 +135,74 @@ class Source:
         return self._url(self.config.resolved_rev_url_template, request)
 
     async def get(self, url: str, **kwargs: Any) -> Any:
-        """GET from upstream; connection problems become UpstreamUnavailable."""
+        """GET from upstream: the first answer that is neither a 5xx nor a redirect.
+
+        Connection failures, resets before the headers and 5xx answers are
+        retried ``retries`` times with jittered exponential backoff.
+        Redirects are followed only within the same scheme and host, so
+        archiverd can never be steered to fetch from elsewhere. A response
+        that does not come within ``headers_timeout`` is not retried.
+        """
+        attempt = 0
+        while True:
+            try:
+                return await self._get_following(url, **kwargs)
+            except _Retryable as e:
+                if attempt >= self.config.retries:
+                    tries = f" (after {attempt + 1} attempts)" if attempt else ""
+                    raise UpstreamUnavailable(f"{e}{tries}") from None
+                delay = self.config.retry_backoff * 2**attempt * (0.5 + self._jitter())
+                self.log.info(
+                    "{error}; retrying in {delay:.2f}s", error=str(e), delay=delay
+                )
+                await deferLater(self._clock, delay, lambda: None)
+                attempt += 1
+
+    async def _get_following(self, url: str, **kwargs: Any) -> Any:
+        for _ in range(MAX_REDIRECTS + 1):
+            response = await self._get_once(url, **kwargs)
+            if response.code in REDIRECTS:
+                location = response.headers.getRawHeaders("location", [""])[0]
+                await read_limited(response, 0)
+                target = urljoin(url, location)
+                if _origin(target) != _origin(url):
+                    raise UpstreamUnavailable(
+                        f"{self.host} redirected {url} to another host: not followed"
+                    )
+                url = target
+                continue
+            if response.code >= 500:
+                await read_limited(response, 0)
+                raise _Retryable(f"{self.host} answered {response.code} for {url}")
+            return response
+        raise UpstreamUnavailable(f"{self.host}: too many redirects for {url}")
+
+    async def _get_once(self, url: str, **kwargs: Any) -> Any:
+        timeout = self.config.headers_timeout
+        d = self._client.get(url, unbuffered=True, allow_redirects=False, **kwargs)
+        timed_out = []
+
+        def expire() -> None:
+            timed_out.append(True)
+            d.cancel()
+
+        timer = self._clock.callLater(timeout, expire)
         try:
-            return await self._client.get(
-                url, timeout=self.config.headers_timeout, unbuffered=True, **kwargs
-            )
+            return await d
         except Exception as e:
-            raise UpstreamUnavailable(
+            if timed_out:
+                raise UpstreamUnavailable(
+                    f"no answer from {self.host} within {timeout:g}s "
+                    f"(headers_timeout) for {url}"
+                ) from None
+            if _cancelled(e):
+                raise CancelledError() from e  # the task is being stopped
+            raise _Retryable(
                 f"cannot reach {self.host} for {url}: {_describe(e)}"
             ) from e
+        finally:
+            if timer.active():
+                timer.cancel()
 
     async def refusal(self, response: Any, url: str) -> UpstreamRefused:
         """The error to report for a 403/404/410 answer, quoting upstream."""
@@ -175,6 +249,22 @@ class Source:
             "{rev} of {repo} is {node}", rev=request.rev, repo=request.repo, node=node
         )
         return node
+
+
+class _Retryable(Exception):
+    """A failure that may pass: connection trouble or a 5xx."""
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc
+
+
+def _cancelled(e: BaseException) -> bool:
+    """True when a request failed because it was cancelled."""
+    if isinstance(e, CancelledError | ConnectingCancelledError):
+        return True
+    return any(r.check(CancelledError) for r in getattr(e, "reasons", ()) or ())
 
 
 def _describe(e: BaseException) -> str:

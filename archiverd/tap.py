@@ -76,14 +76,23 @@ class Daemon(MultiService):
         self.files = backend if isinstance(backend, FileStorage) else None
         self.http_pool = HTTPConnectionPool(reactor)
         client = treq.client.HTTPClient(Agent(reactor, pool=self.http_pool))
-        sources = {name: Source(sc, client) for name, sc in config.sources.items()}
+        sources = {
+            name: Source(sc, client, reactor) for name, sc in config.sources.items()
+        }
         fetcher = Fetcher(
             sources,
             self.storage,
             config.pipeline.part_size,
             config.pipeline.parts_in_flight,
+            reactor,
         )
-        self.tasks = TaskService(reactor, fetcher, config.tasks.keep_finished)
+        self.tasks = TaskService(
+            reactor,
+            fetcher,
+            config.tasks.keep_finished,
+            max_concurrent=config.tasks.max_concurrent_tasks,
+            max_tasks=config.tasks.max_tasks,
+        )
         self.api = ArchiverAPI(
             sources,
             self.storage,

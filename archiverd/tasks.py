@@ -10,6 +10,7 @@ read its outcome, then is dropped.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from archiverd.errors import StorageError, UpstreamError
+from archiverd.errors import Busy, StorageError, UpstreamError
 from archiverd.keys import ArchiveRequest
 
 SUCCESS_STATUS = "Task completed! Check 's3_urls' for upload locations."
@@ -50,6 +51,8 @@ class Task:
     state: State = State.PENDING
     error: str = ""
     bytes_received: int = 0
+    #: While queued: how many tasks will start before this one.
+    ahead: int = 0
     started: float | None = None
     finished: float | None = None
     size: int | None = None
@@ -72,7 +75,7 @@ class Task:
     def status(self) -> str:
         """A sentence for people."""
         if self.state is State.PENDING:
-            return "Task queued"
+            return f"queued ({self.ahead} ahead)"
         if self.state is State.STARTED:
             return f"Downloading archive from {self.upstream_host}"
         if self.state is State.PROGRESS:
@@ -117,11 +120,19 @@ class TaskService(Service):
         clock: IReactorTime,
         runner: Runner,
         keep_finished: float = 3600.0,
+        *,
+        max_concurrent: int = 8,
+        max_tasks: int = 10000,
     ) -> None:
         self._clock = clock
         self._runner = runner
         self.keep_finished = keep_finished
+        self.max_concurrent = max_concurrent
+        self.max_tasks = max_tasks
         self._tasks: dict[str, Task] = {}
+        self._working = 0
+        self._stopping = False
+        self._queue: deque[tuple[Task, Deferred[None]]] = deque()
         self._expiry = LoopingCall(self.expire)
         self._expiry.clock = clock
 
@@ -137,6 +148,7 @@ class TaskService(Service):
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
+        self._stopping = True  # queued tasks are cancelled, not started
         if self._expiry.running:
             self._expiry.stop()
         running = [t.deferred for t in self._tasks.values() if t.deferred is not None]
@@ -192,6 +204,8 @@ class TaskService(Service):
             and task.finished >= since
         ):
             return task
+        if task is None and len(self._tasks) >= self.max_tasks:
+            self._make_room()
         task = Task(
             request,
             src_url,
@@ -204,7 +218,57 @@ class TaskService(Service):
         task.deferred = None if task.done else d
         return task
 
+    def _make_room(self) -> None:
+        """Drop finished tasks, oldest first; refuse when all are unfinished."""
+        self.expire()
+        finished = sorted(
+            (t for t in self._tasks.values() if t.finished is not None),
+            key=lambda t: t.finished or 0.0,
+        )
+        for task in finished[: len(self._tasks) - self.max_tasks + 1]:
+            del self._tasks[task.task_id]
+        if len(self._tasks) >= self.max_tasks:
+            raise Busy(f"{len(self._tasks)} archives are being fetched; try again soon")
+
+    async def _wait_turn(self, task: Task) -> None:
+        """Wait while ``max_concurrent`` tasks are working."""
+        turn: Deferred[None] = Deferred()
+        task.ahead = len(self._queue)
+        self._queue.append((task, turn))
+        try:
+            await turn
+        finally:
+            if self._queue and any(t is task for t, _ in self._queue):
+                self._queue = deque(e for e in self._queue if e[0] is not task)
+                self._renumber()
+
+    def _renumber(self) -> None:
+        for ahead, (task, _) in enumerate(self._queue):
+            task.ahead = ahead
+
+    def _next_turn(self) -> None:
+        while (
+            not self._stopping and self._queue and self._working < self.max_concurrent
+        ):
+            _, turn = self._queue.popleft()
+            self._renumber()
+            turn.callback(None)
+
     async def _run(self, task: Task) -> None:
+        try:
+            if self._working >= self.max_concurrent or self._queue:
+                await self._wait_turn(task)
+        except CancelledError:
+            self._finish(task, State.FAILURE, "cancelled: archiverd is stopping")
+            return
+        self._working += 1
+        try:
+            await self._work(task)
+        finally:
+            self._working -= 1
+            self._next_turn()
+
+    async def _work(self, task: Task) -> None:
         task.state = State.STARTED
         task.started = self._clock.seconds()
         self.log.info(

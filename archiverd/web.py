@@ -23,11 +23,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, static
 from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 from archiverd.errors import (
     BadRequest,
+    Busy,
     Forbidden,
     NotFound,
     UpstreamRefused,
@@ -40,6 +42,8 @@ from archiverd.storage.service import StorageService
 from archiverd.tasks import SUCCESS_STATUS, State, TaskService
 
 UNKNOWN_STATUS = "no status available at this point."
+#: Seconds a client is asked to wait when the task table is full.
+RETRY_AFTER = 5
 _HOST = re.compile(r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?\Z")
 #: A task id longer than this names no archive (3 names, a rev, escapes).
 MAX_TASK_ID = 8 * MAX_NAME_LENGTH
@@ -79,9 +83,29 @@ def _arg(request: IRequest, name: str, default: str = "") -> str:
     if not values:
         return default
     try:
-        return values[0].decode("utf-8")
+        value: str = values[0].decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest(f"{name} is not valid UTF-8") from None
+    if not value.isprintable():
+        raise BadRequest(f"{name} contains control characters")
+    return value
+
+
+class _Utf8Guard(Resource):
+    """Answers a URL that is not UTF-8 with a JSON 400 (Klein's is plain text)."""
+
+    isLeaf = True
+
+    def __init__(self, inner: Resource) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def render(self, request: Any) -> Any:
+        try:
+            b"/".join(request.postpath).decode("utf-8")
+        except UnicodeDecodeError:
+            return _json(request, {"error": "the URL is not valid UTF-8"}, 400)
+        return self._inner.render(request)
 
 
 class ArchiverAPI:
@@ -111,7 +135,7 @@ class ArchiverAPI:
         self.files = files
 
     def resource(self) -> Any:
-        return self.app.resource()
+        return _Utf8Guard(self.app.resource())
 
     # -- helpers ---------------------------------------------------------
 
@@ -143,11 +167,24 @@ class ArchiverAPI:
         )
         return dict(zip(regions, urls))
 
+    async def _exists(self, region: str, key: str) -> bool:
+        """Whether storage has the key; trouble counts as no (work starts,
+        and fails with the cause, rather than the request failing)."""
+        try:
+            return await self.storage.exists(region, key)
+        except Exception as e:
+            self.log.warn(
+                "cannot tell whether {region} has {key}: {error}",
+                region=region,
+                key=key,
+                error=str(e),
+            )
+            return False
+
     async def _stored_in(self, key: str) -> list[str]:
         regions = self.storage.regions
         found = await gatherResults(
-            [Deferred.fromCoroutine(self.storage.exists(r, key)) for r in regions],
-            consumeErrors=True,
+            [Deferred.fromCoroutine(self._exists(r, key)) for r in regions]
         )
         return [region for region, yes in zip(regions, found) if yes]
 
@@ -186,7 +223,7 @@ class ArchiverAPI:
             return self._accepted(request, wanted.task_id)
 
         since = self.clock.seconds()
-        if await self.storage.exists(region, key):
+        if await self._exists(region, key):
             return await self._redirect(request, region, key)
         stored = await self._stored_in(key)
         missing = [r for r in self.storage.regions if r not in stored]
@@ -284,6 +321,11 @@ class ArchiverAPI:
     @app.handle_errors(NotFound)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:
         return _json(request, {"error": str(failure.value)}, 404)
+
+    @app.handle_errors(Busy)
+    def busy(self, request: IRequest, failure: Failure) -> bytes:
+        request.setHeader("Retry-After", str(RETRY_AFTER))
+        return _json(request, {"error": str(failure.value)}, 503)
 
     @app.handle_errors(UpstreamRefused)
     def refused(self, request: IRequest, failure: Failure) -> bytes:

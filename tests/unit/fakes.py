@@ -15,13 +15,14 @@ from typing import Any
 from urllib.parse import quote
 
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.resource import Resource
 
+from archiverd.config import SourceConfig
 from archiverd.errors import UpstreamRefused
 from archiverd.keys import ArchiveRequest
 from archiverd.storage.base import ObjectInfo
@@ -134,8 +135,15 @@ class FakeSource:
 
     host = "hg.example"
 
-    def __init__(self, response: FakeResponse | Deferred[FakeResponse]) -> None:
+    def __init__(
+        self,
+        response: FakeResponse | Deferred[FakeResponse],
+        config: SourceConfig | None = None,
+    ) -> None:
         self.response = response
+        self.config = config or SourceConfig(
+            "hgmo", "https://hg.example/{repo}/archive/{rev}.{suffix}"
+        )
         self.requested: list[str] = []
 
     def archive_url(self, request: ArchiveRequest) -> str:
@@ -424,7 +432,3 @@ class StubClient:
     def get(self, url: str, **kwargs: Any) -> Deferred[Any]:
         kwargs.setdefault("reactor", self.clock)
         return self.stub.get(url, **kwargs)
-
-
-def immediately(value: Any) -> Deferred[Any]:
-    return succeed(value)

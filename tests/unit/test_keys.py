@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from archiverd.errors import BadRequest
@@ -201,15 +201,20 @@ def _is_control(c: str) -> bool:
     return unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")
 
 
-names = st.text(
-    alphabet=st.sampled_from(list("ab_~-.+/\\%:? \t\r\n\x00\x7f\u2028\u00e9")),
-    max_size=12,
-) | st.text(max_size=300)
+#: Path-like names: mostly harmless segments, some hostile ones, some random.
+segments = st.sampled_from(
+    ["a", "b_c", "~x", "\u00e9", "v1.0", "..x", "%2e%2e", "..", ".", "", " ",
+     "a\\b", "a\x00", "x\ny", "\r", "\x7f", "\u2028", "\u200b"]
+) | st.text(max_size=8)
+names = st.lists(segments, min_size=1, max_size=4).map("/".join) | st.text(
+    max_size=300
+)
 
 
+@settings(max_examples=300)
 @given(
     repo=names,
-    rev=names,
+    rev=segments,
     subdir=names,
     suffix=st.sampled_from(["tar.gz", "tar.bz2", "zip"]),
 )

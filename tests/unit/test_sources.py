@@ -1,0 +1,184 @@
+"""archiverd.sources: upstream URLs, error pages, and resolving symbolic revs
+against a fake hgweb served through StubTreq."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import pytest
+from fakes import HGWEB_ERROR_PAGE, FakeHgweb, StubClient, failure_of, result_of, started
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+
+from archiverd.config import DEFAULT_URL_TEMPLATE, SourceConfig
+from archiverd.errors import BadRequest, UpstreamRefused
+from archiverd.keys import ArchiveRequest
+from archiverd.sources import Source, error_message
+
+NODE = "42bf8560b395a5a9e3c2bbd6c2de2f2c6bd4ec70"
+
+
+def hgmo(template: str = DEFAULT_URL_TEMPLATE, **kwargs: object) -> SourceConfig:
+    return SourceConfig("hgmo", template, **kwargs)  # type: ignore[arg-type]
+
+
+def source(config: SourceConfig | None = None, hgweb: FakeHgweb | None = None) -> Source:
+    clock = Clock()
+    client = StubClient(hgweb or FakeHgweb(), clock)
+    return Source(config or hgmo(), client, clock)
+
+
+def request(repo: str = "projects/ash", rev: str = NODE, **kwargs: str) -> ArchiveRequest:
+    return ArchiveRequest.parse("hgmo", repo, rev, **kwargs)
+
+
+# -- error pages -----------------------------------------------------------------
+
+
+def test_error_message_quotes_hgwebs_own_words_from_its_error_page() -> None:
+    page = HGWEB_ERROR_PAGE.format(
+        repo="projects/ash", message="unknown revision &#39;abc&#39;"
+    )
+    assert error_message(page.encode()) == "unknown revision 'abc'"
+
+
+def test_error_message_of_plain_text_is_one_line() -> None:
+    assert error_message(b"  not\nfound \r\n here\t") == "not found here"
+
+
+def test_error_message_of_other_html_drops_tags_scripts_and_styles() -> None:
+    page = (
+        b"<html><head><style>p {color: red}</style><script>var x = 1;</script>"
+        b"</head><body><h1>Gone</h1><p>This repo &amp; its archives left.</p>"
+        b"</body></html>"
+    )
+    assert error_message(page) == "Gone This repo & its archives left."
+
+
+def test_error_message_is_cut_to_its_limit_with_an_ellipsis() -> None:
+    message = error_message(b"x" * 1000, limit=300)
+    assert len(message) == 300
+    assert message == "x" * 299 + "\u2026"
+    assert error_message(b"y" * 300, limit=300) == "y" * 300
+
+
+def test_error_message_survives_bytes_that_are_not_utf8() -> None:
+    assert error_message(b"bad \xff byte") == "bad \ufffd byte"
+
+
+# -- URLs ----------------------------------------------------------------------------
+
+
+def test_archive_url_fills_the_template() -> None:
+    url = source().archive_url(request(subdir="testing/mozharness", suffix="zip"))
+    assert url == (
+        "https://hg.mozilla.org/projects/ash/archive/42bf8560b395.zip/testing/mozharness"
+    )
+
+
+@pytest.mark.parametrize(
+    ("repo", "rev", "subdir", "path"),
+    [
+        ("a b", "v 1", "c d", "/a%20b/archive/v%201.tar.gz/c%20d"),
+        ("a?b", "v?1", "c?d", "/a%3Fb/archive/v%3F1.tar.gz/c%3Fd"),
+        ("a#b", "v#1", "c#d", "/a%23b/archive/v%231.tar.gz/c%23d"),
+        ("a%2Fb", "v%1", "c%d", "/a%252Fb/archive/v%251.tar.gz/c%25d"),
+        ("a@b:c", "v:1", "", "/a%40b%3Ac/archive/v%3A1.tar.gz/"),
+    ],
+)
+def test_archive_url_percent_encodes_each_component(
+    repo: str, rev: str, subdir: str, path: str
+) -> None:
+    url = source().archive_url(request(repo, rev, subdir=subdir))
+    parts = urlsplit(url)
+    assert (parts.netloc, parts.path, parts.query, parts.fragment) == (
+        "hg.mozilla.org",
+        path,
+        "",
+        "",
+    )
+
+
+def test_a_rev_with_a_slash_is_encoded_so_it_stays_one_segment() -> None:
+    """A rev never reaches a URL with a raw '/': encoded, like '?' and '#'."""
+    pinned = ArchiveRequest("hgmo", "projects/ash", "a/b")
+    assert source().archive_url(pinned).endswith("/archive/a%2Fb.tar.gz/")
+
+
+@pytest.mark.parametrize(
+    "repo", ["@evil.example", "x:80@evil.example", "evil.example", "//evil.example"]
+)
+def test_a_request_that_changes_the_templates_host_is_refused(repo: str) -> None:
+    """Only a template with a placeholder in its host can be steered (config
+    refuses those); the URL builder refuses it too."""
+    steerable = hgmo("https://{repo}/archive/{rev}.{suffix}")
+    with pytest.raises(BadRequest, match="does not fit"):
+        source(steerable).archive_url(ArchiveRequest("hgmo", repo, "tip"))
+
+
+@given(
+    repo=st.text(min_size=1, max_size=30),
+    rev=st.text(min_size=1, max_size=20),
+    subdir=st.text(max_size=30),
+)
+def test_any_accepted_request_keeps_the_templates_scheme_and_host(
+    repo: str, rev: str, subdir: str
+) -> None:
+    try:
+        wanted = ArchiveRequest.parse("hgmo", repo, rev, "tar.gz", subdir)
+    except BadRequest:
+        return
+    for url in (source().archive_url(wanted), source().rev_url(wanted)):
+        parts = urlsplit(url)
+        assert (parts.scheme, parts.netloc) == ("https", "hg.mozilla.org")
+        assert parts.query == parts.fragment == ""
+
+
+def test_rev_url_defaults_to_json_rev_beside_the_archive() -> None:
+    url = source().rev_url(request(rev="default", subdir="testing"))
+    assert url == "https://hg.mozilla.org/projects/ash/json-rev/default"
+
+
+def test_rev_url_uses_rev_url_template_when_given() -> None:
+    config = hgmo(rev_url_template="https://hg.mozilla.org/api/{repo}/rev/{rev}")
+    url = source(config).rev_url(request(rev="v1.0"))
+    assert url == "https://hg.mozilla.org/api/projects/ash/rev/v1.0"
+
+
+# -- resolving symbolic revs -------------------------------------------------------
+
+
+def test_resolve_pins_a_symbolic_rev_to_12_hex_digits() -> None:
+    hgweb = FakeHgweb({("projects/ash", "default"): NODE})
+    resolved = result_of(started(source(hgweb=hgweb).resolve(request(rev="default"))))
+    assert resolved == request(rev=NODE[:12])
+    assert hgweb.requests == ["/projects/ash/json-rev/default"]
+
+
+def test_resolve_asks_upstream_every_time_so_a_moving_name_is_never_stale() -> None:
+    hgweb = FakeHgweb({("projects/ash", "tip"): NODE})
+    upstream = source(hgweb=hgweb)
+    first = result_of(started(upstream.resolve(request(rev="tip"))))
+    hgweb.nodes[("projects/ash", "tip")] = "0123456789ab" + "0" * 28
+    second = result_of(started(upstream.resolve(request(rev="tip"))))
+    assert (first.rev, second.rev) == (NODE[:12], "0123456789ab")
+    assert len(hgweb.requests) == 2
+
+
+def test_resolve_returns_changeset_ids_unchanged_without_asking_upstream() -> None:
+    hgweb = FakeHgweb()
+    wanted = request(rev="42bf85")
+    assert result_of(started(source(hgweb=hgweb).resolve(wanted))) is wanted
+    assert hgweb.requests == []
+
+
+def test_resolve_of_an_unknown_rev_is_refused_with_hgwebs_words() -> None:
+    hgweb = FakeHgweb()
+    d = started(source(hgweb=hgweb).resolve(request(rev="nope")))
+    failure = failure_of(d, UpstreamRefused)
+    assert failure.value.code == 404
+    assert str(failure.value) == (
+        "hg.mozilla.org answered 404 for "
+        "https://hg.mozilla.org/projects/ash/json-rev/nope: unknown revision 'nope'"
+    )

@@ -1,0 +1,278 @@
+"""archiverd.tasks: the task table, driven by a Clock and a runner we control."""
+
+from __future__ import annotations
+
+import pytest
+from fakes import FakeRunner, has_no_result, result_of
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
+
+from archiverd.errors import StorageError, UpstreamRefused, UpstreamUnavailable
+from archiverd.keys import ArchiveRequest
+from archiverd.tasks import SUCCESS_STATUS, Outcome, State, Task, TaskService
+
+SRC_URL = "https://hg.example/projects/ash/archive/42bf8560b395.tar.gz"
+OUTCOME = Outcome(1234, "ab" * 32)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    clock = Clock()
+    clock.advance(1000)
+    return clock
+
+
+@pytest.fixture
+def runner() -> FakeRunner:
+    return FakeRunner()
+
+
+@pytest.fixture
+def tasks(clock: Clock, runner: FakeRunner) -> TaskService:
+    return TaskService(clock, runner, keep_finished=3600)
+
+
+def request(rev: str = "42bf8560b395") -> ArchiveRequest:
+    return ArchiveRequest.parse("hgmo", "projects/ash", rev)
+
+
+def submit(tasks: TaskService, clock: Clock, rev: str = "42bf8560b395") -> Task:
+    return tasks.submit(
+        request(rev), SRC_URL, ("east", "west"), "hg.example", since=clock.seconds()
+    )
+
+
+def test_submit_starts_the_runner_and_the_task_is_started(
+    tasks: TaskService, runner: FakeRunner, clock: Clock
+) -> None:
+    task = submit(tasks, clock)
+    assert [call.task for call in runner.calls] == [task]
+    assert task.state is State.STARTED
+    assert task.status == "Downloading archive from hg.example"
+    assert task.regions == ("east", "west")
+    assert tasks.get(task.task_id) is task
+    assert tasks.active(task.task_id) is task
+
+
+def test_progress_moves_the_task_to_progress_with_mib_so_far(
+    tasks: TaskService, runner: FakeRunner, clock: Clock
+) -> None:
+    task = submit(tasks, clock)
+    runner.calls[0].progress(3 * 2**20 + 2**19)
+    assert task.state is State.PROGRESS
+    assert task.bytes_received == 3 * 2**20 + 2**19
+    assert task.status == "Uploading: 3.5 MiB so far"
+
+
+def test_success_records_size_and_sha256(
+    tasks: TaskService, runner: FakeRunner, clock: Clock
+) -> None:
+    task = submit(tasks, clock)
+    clock.advance(2.5)
+    runner.calls[0].deferred.callback(OUTCOME)
+    assert task.state is State.SUCCESS
+    assert task.status == SUCCESS_STATUS
+    assert (task.size, task.sha256) == (1234, "ab" * 32)
+    assert task.finished == clock.seconds()
+    assert tasks.active(task.task_id) is None
+    described = task.describe(clock.seconds() + 100)
+    assert described["state"] == "SUCCESS"
+    assert (described["size"], described["sha256"]) == (1234, "ab" * 32)
+    assert described["elapsed_seconds"] == 2.5
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        UpstreamRefused("hg.example", 404, SRC_URL, "unknown revision 'nope'"),
+        UpstreamUnavailable("hg.example broke off after 10 bytes"),
+        StorageError("storage in west failed: OSError"),
+    ],
+)
+def test_an_expected_failure_becomes_failure_with_its_message(
+    tasks: TaskService, runner: FakeRunner, clock: Clock, error: Exception
+) -> None:
+    task = submit(tasks, clock)
+    with capturedLogs() as events:
+        runner.calls[0].deferred.errback(error)
+    assert task.state is State.FAILURE
+    assert task.status == str(error)
+    assert task.describe(clock.seconds())["status"] == str(error)
+    assert [e["log_level"] for e in events] == [LogLevel.warn]
+
+
+def test_an_unexpected_failure_is_logged_and_shown_without_details(
+    tasks: TaskService, runner: FakeRunner, clock: Clock
+) -> None:
+    task = submit(tasks, clock)
+    with capturedLogs() as events:
+        runner.calls[0].deferred.errback(KeyError("secret internals"))
+    assert task.state is State.FAILURE
+    assert task.status == "internal error; see archiverd's log"
+    [event] = [e for e in events if "log_failure" in e]
+    assert event["log_failure"].check(KeyError)
+
+
+def test_a_second_submit_while_running_joins_the_running_task(
+    tasks: TaskService, runner: FakeRunner, clock: Clock
+) -> None:
+    first = submit(tasks, clock)
+    runner.calls[0].progress(10)
+    clock.advance(5)
+    second = submit(tasks, clock)
+    assert second is first
+    assert len(runner.calls) == 1
+    assert len(tasks) == 1
+
+
+def test_different_archives_get_different_tasks(
+    tasks: TaskService, runner: FakeRunner, clock: Clock
+) -> None:
+    one = submit(tasks, clock, rev="42bf8560b395")
+    two = submit(tasks, clock, rev="0123456789ab")
+    assert one is not two
+    assert len(runner.calls) == 2
+
+
+def test_after_a_failure_the_next_submit_starts_a_new_task(
+    tasks: TaskService, runner: FakeRunner, clock: Clock
+) -> None:
+    failed = submit(tasks, clock)
+    runner.calls[0].deferred.errback(UpstreamUnavailable("down"))
+    clock.advance(1)
+    retry = submit(tasks, clock)
+    assert retry is not failed
+    assert len(runner.calls) == 2
+    assert retry.state is State.STARTED
+    assert tasks.get(retry.task_id) is retry
+
+
+def test_a_success_at_or_after_since_is_joined(
+    tasks: TaskService, runner: FakeRunner, clock: Clock
+) -> None:
+    since = clock.seconds()
+    done = submit(tasks, clock)
+    runner.calls[0].deferred.callback(OUTCOME)  # finished == since
+    joined = tasks.submit(request(), SRC_URL, ("east",), "hg.example", since=since)
+    assert joined is done
+    assert len(runner.calls) == 1
+
+
+def test_a_success_older_than_since_is_replaced(
+    tasks: TaskService, runner: FakeRunner, clock: Clock
+) -> None:
+    done = submit(tasks, clock)
+    runner.calls[0].deferred.callback(OUTCOME)
+    clock.advance(1)
+    # The caller looked in storage after that success and did not find it.
+    fresh = submit(tasks, clock)
+    assert fresh is not done
+    assert len(runner.calls) == 2
+
+
+def test_a_runner_that_finishes_at_once_leaves_no_deferred_behind(
+    clock: Clock,
+) -> None:
+    async def instant(task: Task, progress: object) -> Outcome:
+        return OUTCOME
+
+    tasks = TaskService(clock, instant)
+    task = submit(tasks, clock)
+    assert task.state is State.SUCCESS
+    assert task.deferred is None
+
+
+# -- expiry -------------------------------------------------------------------
+
+
+def test_a_finished_task_is_gone_from_get_after_keep_finished(
+    tasks: TaskService, runner: FakeRunner, clock: Clock
+) -> None:
+    task = submit(tasks, clock)
+    runner.calls[0].deferred.callback(OUTCOME)
+    clock.advance(3599)
+    assert tasks.get(task.task_id) is task
+    clock.advance(1)
+    assert tasks.get(task.task_id) is None
+    assert len(tasks) == 0
+
+
+def test_a_running_task_never_expires(
+    tasks: TaskService, runner: FakeRunner, clock: Clock
+) -> None:
+    task = submit(tasks, clock)
+    clock.advance(10 * 3600)
+    assert tasks.get(task.task_id) is task
+
+
+def test_the_expiry_loop_drops_finished_tasks_after_start_service(
+    tasks: TaskService, runner: FakeRunner, clock: Clock
+) -> None:
+    tasks.startService()
+    try:
+        running = submit(tasks, clock, rev="0123456789ab")
+        finished = submit(tasks, clock)
+        runner.calls[1].deferred.callback(OUTCOME)
+        clock.advance(3599)
+        assert len(tasks) == 2
+        clock.pump([60, 60])  # the loop runs every minute
+        assert len(tasks) == 1
+        assert tasks.active(running.task_id) is running
+        assert tasks.get(finished.task_id) is None
+    finally:
+        result_of(tasks.stopService())
+
+
+def test_stop_service_leaves_no_delayed_calls(tasks: TaskService, clock: Clock) -> None:
+    tasks.startService()
+    assert clock.getDelayedCalls()
+    result_of(tasks.stopService())
+    assert clock.getDelayedCalls() == []
+
+
+# -- stopping -----------------------------------------------------------------
+
+
+def test_stop_service_cancels_running_tasks_which_end_as_failures(
+    tasks: TaskService, runner: FakeRunner, clock: Clock
+) -> None:
+    tasks.startService()
+    task = submit(tasks, clock)
+    done = submit(tasks, clock, rev="0123456789ab")
+    runner.calls[1].deferred.callback(OUTCOME)
+    with capturedLogs():
+        stopped = tasks.stopService()
+    assert runner.calls[0].cancelled
+    assert not runner.calls[1].cancelled
+    result_of(stopped)
+    assert task.state is State.FAILURE
+    assert task.status == "cancelled: archiverd is stopping"
+    assert done.state is State.SUCCESS
+
+
+def test_stop_service_waits_for_a_runner_that_cleans_up_after_cancel(
+    clock: Clock,
+) -> None:
+    """The stop Deferred fires only when the runner has finished cleaning up
+    (aborting uploads), not merely when it was asked to stop."""
+    waiting: Deferred[None] = Deferred()
+    cleanup: Deferred[None] = Deferred()
+
+    async def runner(task: Task, progress: object) -> Outcome:
+        try:
+            await waiting
+        except CancelledError:
+            await cleanup
+            raise
+        return OUTCOME
+
+    tasks = TaskService(clock, runner)
+    task = submit(tasks, clock)
+    with capturedLogs():
+        stopped = tasks.stopService()
+        has_no_result(stopped)
+        assert not task.done
+        cleanup.callback(None)
+    result_of(stopped)
+    assert task.state is State.FAILURE
