@@ -15,7 +15,8 @@ from typing import Any
 import treq
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred
+from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
@@ -69,9 +70,15 @@ def _fail(message: str) -> SystemExit:
 class Daemon(MultiService):
     """archiverd's services, in start order, and the API they serve."""
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    log = Logger()
+
+    def __init__(
+        self, config: Config, reactor: Any, backend: Storage | None = None
+    ) -> None:
         super().__init__()
-        backend = build_storage(config)
+        self.clock = reactor
+        self.shutdown_grace = config.shutdown_grace
+        backend = backend if backend is not None else build_storage(config)
         self.storage = StorageService(backend, reactor, config.storage.threads)
         self.files = backend if isinstance(backend, FileStorage) else None
         self.http_pool = HTTPConnectionPool(reactor)
@@ -120,8 +127,26 @@ class Daemon(MultiService):
         return Deferred.fromCoroutine(self._stop_in_order())
 
     async def _stop_in_order(self) -> None:
+        deadline = self.clock.seconds() + self.shutdown_grace
+        late = False
         for service in reversed(list(self)):
-            await maybeDeferred(service.stopService)
+            if service is self.storage and late:
+                # Threads may still be inside storage calls: leave them (they
+                # are daemon threads) rather than wait past the grace period.
+                self.storage.abandon()
+                continue
+            stopping = maybeDeferred(service.stopService)
+            stopping.addTimeout(max(0.0, deadline - self.clock.seconds()), self.clock)
+            try:
+                await stopping
+            except TimeoutError:
+                late = True
+                self.log.warn(
+                    "shutdown_grace of {grace}s passed while stopping {service}; "
+                    "exiting anyway",
+                    grace=self.shutdown_grace,
+                    service=type(service).__name__,
+                )
         await self.http_pool.closeCachedConnections()
 
 

@@ -8,6 +8,7 @@ storage's own code runs only on pool threads.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -37,6 +38,9 @@ class StorageService(Service):
         self._pool = ThreadPool(
             minthreads=0, maxthreads=threads, name="archiverd-storage"
         )
+        # Daemon threads: a call stuck past the shutdown grace period must
+        # not keep the process alive (see abandon()).
+        self._pool.threadFactory = _daemon_thread
         self._opened = False
         self._open_error: BaseException | None = None
         self._waiters: list[Deferred[None]] = []
@@ -67,6 +71,12 @@ class StorageService(Service):
         d.addErrback(lambda f: self.log.failure("closing storage", f))
         d.addBoth(lambda _: self._pool.stop())
         return d
+
+    def abandon(self) -> None:
+        """Stop taking work without waiting for the calls in progress."""
+        Service.stopService(self)
+        # ThreadPool.stop() joins every thread: let a daemon thread wait.
+        threading.Thread(target=self._pool.stop, daemon=True).start()
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the pool once storage is open."""
@@ -128,3 +138,7 @@ class StorageService(Service):
 
     async def abort_upload(self, region: str, key: str, upload_id: str) -> None:
         await self.call(self.storage.abort_upload, region, key, upload_id)
+
+
+def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
+    return threading.Thread(*args, daemon=True, **kwargs)

@@ -69,8 +69,8 @@ async def start_archiverd():
     """Start archiverd in this process with a raw config; stopped afterwards."""
     started: list[InProcess] = []
 
-    async def start(raw_config: dict) -> InProcess:
-        daemon = InProcess(raw_config)
+    async def start(raw_config: dict, backend=None) -> InProcess:
+        daemon = InProcess(raw_config, backend)
         await daemon.start()
         started.append(daemon)
         return daemon

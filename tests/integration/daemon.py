@@ -16,14 +16,16 @@ from archiverd.tap import Daemon
 MIB = 1024 * 1024
 
 
-def s3_config(hgweb_template: str, buckets: Any, **pipeline: Any) -> dict[str, Any]:
+def s3_config(
+    hgweb_template: str, buckets: Any, endpoint_url: str = "", **pipeline: Any
+) -> dict[str, Any]:
     """Raw config: hgweb upstream, moto S3 with the fixture's buckets."""
     return {
         "sources": {"hgmo": {"url_template": hgweb_template}},
         "storage": {
             "backend": "s3",
             "s3": {
-                "endpoint_url": buckets.endpoint_url,
+                "endpoint_url": endpoint_url or buckets.endpoint_url,
                 "buckets": dict(buckets.buckets),
                 "addressing_style": "path",
             },
@@ -43,9 +45,9 @@ def file_config(hgweb_template: str, root: str, **pipeline: Any) -> dict[str, An
 class InProcess:
     """A Daemon listening on a free loopback port of the test reactor."""
 
-    def __init__(self, raw_config: dict[str, Any]) -> None:
+    def __init__(self, raw_config: dict[str, Any], backend: Any = None) -> None:
         self.config = parse(raw_config)
-        self.daemon = Daemon(self.config, reactor)
+        self.daemon = Daemon(self.config, reactor, backend)
         self.port: Any = None
         self.base_url = ""
 

@@ -188,20 +188,23 @@ class S3Fault:
     """Fail matching S3 calls to one bucket: `times` of them (None: all)."""
 
     bucket: str
-    call: str  # "part", "complete", "create", "put", "any"
+    call: str  # "part", "complete", "create", "put", "abort", "any"
     status: int = 503
     code: str = "SlowDown"
     times: int | None = None
+    #: Instead of answering, hold the request until the proxy is released.
+    hang: bool = False
     seen: int = field(default=0)
 
     def matches(self, method: str, bucket: str, query: dict[str, list[str]]) -> bool:
         if bucket != self.bucket or (self.times is not None and self.times <= 0):
             return False
         kind = {
-            ("PUT", True, False): "part",
+            ("PUT", True, True): "part",
             ("POST", False, True): "complete",
             ("POST", False, False): "create",
             ("PUT", False, False): "put",
+            ("DELETE", False, True): "abort",
         }.get((method, "partNumber" in query, "uploadId" in query), "other")
         return self.call in (kind, "any")
 
@@ -222,6 +225,11 @@ class _S3Handler(http.server.BaseHTTPRequestHandler):
         bucket = parts.path.lstrip("/").split("/", 1)[0]
         query = parse_qs(parts.query, keep_blank_values=True)
         fault = proxy.fault_for(self.command, bucket, query)
+        if fault is not None and fault.hang:
+            proxy.release.wait(120)
+            _reset(self.connection)
+            self.close_connection = True
+            return
         if fault is not None:
             error = (
                 f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{fault.code}"
@@ -274,6 +282,7 @@ class FaultyS3:
         self.target_port = urlsplit(target_endpoint).port
         self.faults: list[S3Fault] = []
         self.down = False
+        self.release = threading.Event()
         self._lock = threading.Lock()
         self._server = _S3Server(self)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -299,5 +308,6 @@ class FaultyS3:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.release.set()
         self._server.shutdown()
         self._server.server_close()

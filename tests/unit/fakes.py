@@ -29,7 +29,7 @@ from archiverd.storage.base import ObjectInfo
 from archiverd.storage.service import StorageService
 from archiverd.tasks import Task
 
-# -- Deferred helpers (the pytest spelling of SynchronousTestCase's) ------
+# -- Deferred helpers (the pytest spelling of SynchronousTestCase's) ---------
 
 
 def started(coro: Coroutine[Any, Any, Any]) -> Deferred[Any]:
@@ -68,11 +68,13 @@ def failure_of(d: Deferred[Any], *expected: type[BaseException]) -> Failure:
 
 
 def has_no_result(d: Deferred[Any]) -> None:
-    """Assert that ``d`` has not fired yet."""
-    assert not d.called, f"expected no result yet, got {getattr(d, 'result', None)!r}"
+    """Assert that ``d`` has no result yet (``d.called`` is also true for a
+    Deferred that waits on another)."""
+    box = _outcome(d)
+    assert not box, f"expected no result yet, got {box[0]!r}"
 
 
-# -- upstream: a body you drive by hand -----------------------------------
+# -- upstream: a body you drive by hand --------------------------------------
 
 
 class FakeBodyTransport:
@@ -109,7 +111,7 @@ class FakeResponse:
         self.transport = FakeBodyTransport()
         self.protocol: Any = None
 
-    def deliverBody(self, protocol: Any) -> None:
+    def deliverBody(self, protocol: Any) -> None:  # noqa: N802 (Twisted API)
         self.protocol = protocol
         protocol.makeConnection(self.transport)
         if self.body is not None:
@@ -161,7 +163,7 @@ class FakeSource:
         return UpstreamRefused(self.host, response.code, url, "not here")
 
 
-# -- async storage (what Transfer talks to) -------------------------------
+# -- async storage (what Transfer talks to) ----------------------------------
 
 
 @dataclass
@@ -206,7 +208,10 @@ class RecordingStorage:
         self._failures: dict[tuple[Any, ...], Exception] = {}
 
     def fail_on(
-        self, method: str, region: str, number: int | None = None,
+        self,
+        method: str,
+        region: str,
+        number: int | None = None,
         error: Exception | None = None,
     ) -> None:
         self._failures[(method, region, number)] = error or OSError("disk on fire")
@@ -227,7 +232,12 @@ class RecordingStorage:
         return upload_id
 
     async def upload_part(
-        self, region: str, key: str, upload_id: str, number: int, offset: int,
+        self,
+        region: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        offset: int,
         data: bytes,
     ) -> str:
         self.calls.append(("upload_part", region, number, offset, len(data)))
@@ -255,8 +265,14 @@ class RecordingStorage:
             self.release()
 
     async def complete_upload(
-        self, region: str, key: str, upload_id: str, parts: list[tuple[int, str]],
-        info: ObjectInfo, sha256: str, size: int,
+        self,
+        region: str,
+        key: str,
+        upload_id: str,
+        parts: list[tuple[int, str]],
+        info: ObjectInfo,
+        sha256: str,
+        size: int,
     ) -> None:
         self.calls.append(("complete_upload", region, parts))
         self._check("complete_upload", region)
@@ -282,7 +298,7 @@ class RecordingStorage:
         self.objects[(region, key)] = data
 
 
-# -- synchronous storage (what StorageService wraps) ----------------------
+# -- synchronous storage (what StorageService wraps) -------------------------
 
 
 class MemoryStorage:
@@ -292,9 +308,7 @@ class MemoryStorage:
     ``clock``, so a URL signed later is a different URL.
     """
 
-    def __init__(
-        self, regions: tuple[str, ...], clock: Callable[[], float]
-    ) -> None:
+    def __init__(self, regions: tuple[str, ...], clock: Callable[[], float]) -> None:
         self.regions = tuple(regions)
         self.clock = clock
         self.objects: dict[tuple[str, str], bytes] = {}
@@ -324,15 +338,26 @@ class MemoryStorage:
         return upload_id
 
     def upload_part(
-        self, region: str, key: str, upload_id: str, number: int, offset: int,
+        self,
+        region: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        offset: int,
         data: bytes,
     ) -> str:
         self._uploads[upload_id][number] = data
         return str(number)
 
     def complete_upload(
-        self, region: str, key: str, upload_id: str, parts: list[tuple[int, str]],
-        info: ObjectInfo, sha256: str, size: int,
+        self,
+        region: str,
+        key: str,
+        upload_id: str,
+        parts: list[tuple[int, str]],
+        info: ObjectInfo,
+        sha256: str,
+        size: int,
     ) -> None:
         uploaded = self._uploads.pop(upload_id)
         self.objects[(region, key)] = b"".join(uploaded[n] for n, _ in parts)
@@ -354,7 +379,7 @@ class InlineStorageService(StorageService):
         return fn(*args)
 
 
-# -- tasks ----------------------------------------------------------------
+# -- tasks -------------------------------------------------------------------
 
 
 @dataclass
@@ -383,12 +408,12 @@ class FakeRunner:
         return await call.deferred
 
 
-# -- upstream over HTTP: a fake hgweb behind StubTreq ----------------------
+# -- upstream over HTTP: a fake hgweb behind StubTreq ------------------------
 
 
 HGWEB_ERROR_PAGE = (
     "<!DOCTYPE html>\n<html>\n<head><title>{repo}: error</title></head>\n"
-    "<body>\n<div class=\"main\">\n<h2 class=\"breadcrumb\">{repo}</h2>\n"
+    '<body>\n<div class="main">\n<h2 class="breadcrumb">{repo}</h2>\n'
     "<h3>error</h3>\n<p>\nAn error occurred while processing your request:\n"
     "</p>\n<p>\n{message}\n</p>\n</div>\n</body>\n</html>\n"
 )
@@ -404,7 +429,7 @@ class FakeHgweb(Resource):
         self.nodes = dict(nodes or {})
         self.requests: list[str] = []
 
-    def render_GET(self, request: Any) -> bytes:
+    def render_GET(self, request: Any) -> bytes:  # noqa: N802 (Twisted API)
         path = request.path.decode()
         self.requests.append(path)
         repo, _, rev = path.lstrip("/").partition("/json-rev/")

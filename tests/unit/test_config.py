@@ -10,9 +10,9 @@ import pytest
 
 from archiverd.config import (
     DEFAULT_URL_TEMPLATE,
-    MiB,
     Config,
     ConfigError,
+    MiB,
     SourceConfig,
     apply_environment,
     load,
@@ -61,7 +61,7 @@ def config_error(raw: dict[str, Any]) -> str:
     return message
 
 
-# -- defaults and the full example ------------------------------------------
+# -- defaults and the full example -------------------------------------------
 
 
 def test_an_empty_config_gives_the_documented_defaults() -> None:
@@ -99,7 +99,9 @@ def test_the_readme_example_is_read_in_full() -> None:
 
 
 def test_rev_url_template_defaults_to_json_rev_beside_the_archive_url() -> None:
-    source = SourceConfig("hgmo", "https://hg.example:8443/hg/{repo}/archive/{rev}.{suffix}")
+    source = SourceConfig(
+        "hgmo", "https://hg.example:8443/hg/{repo}/archive/{rev}.{suffix}"
+    )
     assert source.resolved_rev_url_template == (
         "https://hg.example:8443/hg/{repo}/json-rev/{rev}"
     )
@@ -180,7 +182,7 @@ def test_bad_backend_name_is_refused() -> None:
     assert config_error({"storage": {"backend": "gcs"}}).startswith("storage.backend: ")
 
 
-# -- URL templates ---------------------------------------------------------------
+# -- URL templates -----------------------------------------------------------
 
 
 def hgmo(template: str, key: str = "url_template") -> dict[str, Any]:
@@ -194,20 +196,27 @@ def hgmo(template: str, key: str = "url_template") -> dict[str, Any]:
         ("https://hg.example/{repo}/{0}/{rev}.{suffix}", "placeholder 0"),
         ("https://hg.example/archive/{rev}.{suffix}", "{repo}"),
         ("https://hg.example/{repo}/archive/{rev}", "{suffix}"),
-        ("https://hg.example/{repo}/archive/{rev.{suffix}", "sources.hgmo.url_template"),
+        (
+            "https://hg.example/{repo}/archive/{rev.{suffix}",
+            "sources.hgmo.url_template",
+        ),
         ("ftp://hg.example/{repo}/archive/{rev}.{suffix}", "http(s) URL"),
         ("{repo}/archive/{rev}.{suffix}", "http(s) URL"),
         ("https://{repo}.hg.example/archive/{rev}.{suffix}", "after the host"),
     ],
 )
-def test_a_bad_url_template_is_refused_with_its_reason(template: str, words: str) -> None:
+def test_a_bad_url_template_is_refused_with_its_reason(
+    template: str, words: str
+) -> None:
     message = config_error(hgmo(template))
     assert message.startswith("sources.hgmo.url_template: ")
     assert words in message
 
 
 def test_a_bad_rev_url_template_is_refused() -> None:
-    message = config_error(hgmo("https://hg.example/json-rev/{rev}", "rev_url_template"))
+    message = config_error(
+        hgmo("https://hg.example/json-rev/{rev}", "rev_url_template")
+    )
     assert message == "sources.hgmo.rev_url_template: must contain {repo}"
 
 
@@ -229,10 +238,12 @@ def test_a_placeholder_with_a_conversion_is_refused_at_start_up() -> None:
 
 def test_source_names_must_be_lowercase_and_not_a_route() -> None:
     assert config_error({"sources": {"Hg": {}}}) == "sources.Hg: bad source name"
-    assert config_error({"sources": {"status": {}}}) == "sources.status: bad source name"
+    assert (
+        config_error({"sources": {"status": {}}}) == "sources.status: bad source name"
+    )
 
 
-# -- the old service's environment -----------------------------------------------
+# -- the old service's environment -------------------------------------------
 
 
 def test_archiver_hgmo_url_template_overrides_the_file() -> None:
@@ -243,7 +254,9 @@ def test_archiver_hgmo_url_template_overrides_the_file() -> None:
 
 
 def test_archiver_s3_buckets_selects_the_s3_backend() -> None:
-    config = load(None, {"ARCHIVER_S3_BUCKETS": '{"us-east-1": "b1", "us-west-2": "b2"}'})
+    config = load(
+        None, {"ARCHIVER_S3_BUCKETS": '{"us-east-1": "b1", "us-west-2": "b2"}'}
+    )
     assert config.storage.backend == "s3"
     assert dict(config.storage.s3.buckets) == {"us-east-1": "b1", "us-west-2": "b2"}
     assert config.storage.regions == ("us-east-1", "us-west-2")
@@ -256,9 +269,8 @@ def test_archiver_s3_buckets_replaces_the_files_buckets() -> None:
 
 
 def test_empty_environment_settings_are_ignored() -> None:
-    assert load(None, {"ARCHIVER_S3_BUCKETS": "", "ARCHIVER_HGMO_URL_TEMPLATE": ""}) == (
-        Config()
-    )
+    environ = {"ARCHIVER_S3_BUCKETS": "", "ARCHIVER_HGMO_URL_TEMPLATE": ""}
+    assert load(None, environ) == Config()
 
 
 @pytest.mark.parametrize("value", ["{not json", "['us-east-1']", '"b"'])
@@ -301,7 +313,7 @@ def test_a_non_table_beside_an_environment_setting_is_a_config_error(
         load(str(path), environ)
 
 
-# -- files ---------------------------------------------------------------------
+# -- files -------------------------------------------------------------------
 
 
 def test_load_reads_a_toml_file(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ def parse(repo: str = "projects/ash", rev: str = NODE, **kwargs: str) -> Archive
     return ArchiveRequest.parse("hgmo", repo, rev, **kwargs)
 
 
-# -- revs -------------------------------------------------------------------
+# -- revs --------------------------------------------------------------------
 
 
 def test_a_full_changeset_id_is_cut_to_12_hex_digits() -> None:
@@ -50,7 +50,7 @@ def test_with_rev_refuses_a_name_that_is_not_a_changeset_id() -> None:
         parse(rev="default").with_rev("tip")
 
 
-# -- keys, task ids and file names -----------------------------------------
+# -- keys, task ids and file names -------------------------------------------
 
 
 def test_key_has_the_old_service_form_with_subdir() -> None:
@@ -120,7 +120,7 @@ def test_each_suffix_has_its_content_type(suffix: str, content_type: str) -> Non
     assert parse(suffix=suffix).content_type == content_type
 
 
-# -- subdir -------------------------------------------------------------------
+# -- subdir ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("subdir", ["testing/mozharness/", "testing/mozharness//"])
@@ -132,7 +132,7 @@ def test_an_empty_subdir_means_the_whole_repository() -> None:
     assert parse(subdir="").key == "projects/ash-42bf8560b395.tar.gz"
 
 
-# -- validation -----------------------------------------------------------------
+# -- validation --------------------------------------------------------------
 
 
 @pytest.mark.parametrize("suffix", ["tar", "tar.xz", "ZIP", "", "zip/x", "../zip"])
@@ -203,12 +203,28 @@ def _is_control(c: str) -> bool:
 
 #: Path-like names: mostly harmless segments, some hostile ones, some random.
 segments = st.sampled_from(
-    ["a", "b_c", "~x", "\u00e9", "v1.0", "..x", "%2e%2e", "..", ".", "", " ",
-     "a\\b", "a\x00", "x\ny", "\r", "\x7f", "\u2028", "\u200b"]
+    [
+        "a",
+        "b_c",
+        "~x",
+        "\u00e9",
+        "v1.0",
+        "..x",
+        "%2e%2e",
+        "..",
+        ".",
+        "",
+        " ",
+        "a\\b",
+        "a\x00",
+        "x\ny",
+        "\r",
+        "\x7f",
+        "\u2028",
+        "\u200b",
+    ]
 ) | st.text(max_size=8)
-names = st.lists(segments, min_size=1, max_size=4).map("/".join) | st.text(
-    max_size=300
-)
+names = st.lists(segments, min_size=1, max_size=4).map("/".join) | st.text(max_size=300)
 
 
 @settings(max_examples=300)

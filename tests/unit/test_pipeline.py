@@ -31,7 +31,7 @@ from archiverd.keys import ArchiveRequest
 from archiverd.pipeline import PartCutter, Transfer
 from archiverd.tasks import Outcome
 
-# -- PartCutter -------------------------------------------------------------
+# -- PartCutter --------------------------------------------------------------
 
 
 class Cutting:
@@ -94,7 +94,7 @@ def test_parts_are_exactly_part_size_and_rest_is_the_remainder(
     assert result_of(cutting.cutter.finished) is None
 
 
-def test_the_transport_pauses_at_window_unfinished_parts_and_resumes_after_one() -> None:
+def test_transport_pauses_at_window_unfinished_parts_and_resumes_after_one() -> None:
     cutting = Cutting(part_size=4, window=2)
     cutting.cutter.dataReceived(b"aaaa")
     assert cutting.transport.calls == []
@@ -167,7 +167,7 @@ def test_a_part_finishing_after_stop_does_not_resume_the_transport() -> None:
     assert cutting.transport.calls == ["pause", "stop"]
 
 
-# -- Transfer ---------------------------------------------------------------
+# -- Transfer ----------------------------------------------------------------
 
 PART = 4
 REQUEST = ArchiveRequest.parse("hgmo", "projects/ash", "42bf8560b395")
@@ -408,9 +408,7 @@ def test_cancelling_after_the_body_ended_waits_for_parts_before_aborting() -> No
     reason="BUG: Transfer._storage_call wraps CancelledError in StorageError, so a "
     "task stopped at shutdown reads 'storage in east failed: CancelledError'",
 )
-def test_cancelling_after_the_body_ended_is_a_cancellation_not_a_storage_error() -> (
-    None
-):
+def test_cancelling_after_the_body_ended_is_a_cancellation_not_a_failure() -> None:
     _, d = _cancel_after_the_body_ended()
     failure_of(d, CancelledError)
 

@@ -6,7 +6,14 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import pytest
-from fakes import HGWEB_ERROR_PAGE, FakeHgweb, StubClient, failure_of, result_of, started
+from fakes import (
+    HGWEB_ERROR_PAGE,
+    FakeHgweb,
+    StubClient,
+    failure_of,
+    result_of,
+    started,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
@@ -23,17 +30,21 @@ def hgmo(template: str = DEFAULT_URL_TEMPLATE, **kwargs: object) -> SourceConfig
     return SourceConfig("hgmo", template, **kwargs)  # type: ignore[arg-type]
 
 
-def source(config: SourceConfig | None = None, hgweb: FakeHgweb | None = None) -> Source:
+def source(
+    config: SourceConfig | None = None, hgweb: FakeHgweb | None = None
+) -> Source:
     clock = Clock()
     client = StubClient(hgweb or FakeHgweb(), clock)
     return Source(config or hgmo(), client, clock)
 
 
-def request(repo: str = "projects/ash", rev: str = NODE, **kwargs: str) -> ArchiveRequest:
+def request(
+    repo: str = "projects/ash", rev: str = NODE, **kwargs: str
+) -> ArchiveRequest:
     return ArchiveRequest.parse("hgmo", repo, rev, **kwargs)
 
 
-# -- error pages -----------------------------------------------------------------
+# -- error pages -------------------------------------------------------------
 
 
 def test_error_message_quotes_hgwebs_own_words_from_its_error_page() -> None:
@@ -67,7 +78,7 @@ def test_error_message_survives_bytes_that_are_not_utf8() -> None:
     assert error_message(b"bad \xff byte") == "bad \ufffd byte"
 
 
-# -- URLs ----------------------------------------------------------------------------
+# -- URLs --------------------------------------------------------------------
 
 
 def test_archive_url_fills_the_template() -> None:
@@ -146,7 +157,7 @@ def test_rev_url_uses_rev_url_template_when_given() -> None:
     assert url == "https://hg.mozilla.org/api/projects/ash/rev/v1.0"
 
 
-# -- resolving symbolic revs -------------------------------------------------------
+# -- resolving symbolic revs -------------------------------------------------
 
 
 def test_resolve_pins_a_symbolic_rev_to_12_hex_digits() -> None:

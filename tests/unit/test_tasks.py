@@ -183,7 +183,7 @@ def test_a_runner_that_finishes_at_once_leaves_no_deferred_behind(
     assert task.deferred is None
 
 
-# -- expiry -------------------------------------------------------------------
+# -- expiry ------------------------------------------------------------------
 
 
 def test_a_finished_task_is_gone_from_get_after_keep_finished(
@@ -231,7 +231,7 @@ def test_stop_service_leaves_no_delayed_calls(tasks: TaskService, clock: Clock) 
     assert clock.getDelayedCalls() == []
 
 
-# -- stopping -----------------------------------------------------------------
+# -- stopping ----------------------------------------------------------------
 
 
 def test_stop_service_cancels_running_tasks_which_end_as_failures(
