@@ -365,21 +365,28 @@ class Transfer:
             raise StorageError(f"storage in {region} failed: {_describe(e)}") from e
 
     async def _abort_uploads(self) -> None:
-        for region, upload in self._uploads.items():
-            if region in self._completed:
-                continue
-            try:
-                upload_id = await upload.wait()
-            except Exception:
-                continue  # never started: nothing to abort
-            try:
-                await self.storage.abort_upload(region, self.key, upload_id)
-            except Exception:
-                self.log.failure(
-                    "aborting the upload of {key} in {region}",
-                    key=self.key,
-                    region=region,
-                )
+        """Abort every started, uncompleted upload, in all regions at once."""
+        await gatherResults(
+            [
+                Deferred.fromCoroutine(self._abort(region, upload))
+                for region, upload in self._uploads.items()
+                if region not in self._completed
+            ]
+        )
+
+    async def _abort(self, region: str, upload: Shared[str]) -> None:
+        try:
+            upload_id = await upload.wait()
+        except Exception:
+            return  # never started: nothing to abort
+        try:
+            await self.storage.abort_upload(region, self.key, upload_id)
+        except Exception:
+            self.log.failure(
+                "aborting the upload of {key} in {region}",
+                key=self.key,
+                region=region,
+            )
 
 
 def _reason(failure: Failure) -> str:

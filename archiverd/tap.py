@@ -15,9 +15,10 @@ from typing import Any
 import treq
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
@@ -130,16 +131,14 @@ class Daemon(MultiService):
         deadline = self.clock.seconds() + self.shutdown_grace
         late = False
         for service in reversed(list(self)):
-            if service is self.storage and late:
+            if late and service is self.storage:
                 # Threads may still be inside storage calls: leave them (they
                 # are daemon threads) rather than wait past the grace period.
                 self.storage.abandon()
                 continue
             stopping = maybeDeferred(service.stopService)
-            stopping.addTimeout(max(0.0, deadline - self.clock.seconds()), self.clock)
-            try:
-                await stopping
-            except TimeoutError:
+            remaining = max(0.0, deadline - self.clock.seconds())
+            if not await _fires_within(stopping, remaining, self.clock):
                 late = True
                 self.log.warn(
                     "shutdown_grace of {grace}s passed while stopping {service}; "
@@ -148,6 +147,33 @@ class Daemon(MultiService):
                     service=type(service).__name__,
                 )
         await self.http_pool.closeCachedConnections()
+
+
+async def _fires_within(d: Deferred[Any], seconds: float, clock: Any) -> bool:
+    """Whether ``d`` fires within ``seconds`` (a failure is logged, not raised).
+
+    Unlike ``addTimeout`` this never cancels ``d``: cancelling a stop that is
+    already aborting uploads would only abandon the aborts.
+    """
+    outcome: Deferred[bool] = Deferred()
+
+    def fired(result: Any) -> None:
+        if isinstance(result, Failure):
+            Daemon.log.failure("stopping", result)
+        if not outcome.called:
+            outcome.callback(True)
+
+    def expired() -> None:
+        if not outcome.called:
+            outcome.callback(False)
+
+    timer = clock.callLater(seconds, expired)
+    d.addBoth(fired)
+    try:
+        return await outcome
+    finally:
+        if timer.active():
+            timer.cancel()
 
 
 def makeService(options: Options) -> MultiService:

@@ -14,8 +14,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
+from faults import MIB, FaultyS3, FaultyUpstream, S3Fault
 from fixtures import free_port
 
 pytestmark = pytest.mark.integration
@@ -90,29 +92,35 @@ def _members(archive: bytes, prefix: str) -> dict[str, bytes]:
     return out
 
 
-@pytest.fixture
-def daemon_config(tmp_path: Path, hgweb, s3_buckets) -> Path:
-    buckets = ", ".join(f'"{r}" = "{b}"' for r, b in s3_buckets.buckets.items())
-    config = tmp_path / "archiverd.toml"
-    config.write_text(
+def _write_config(
+    path: Path, template: str, buckets: Any, endpoint: str = "", extra: str = ""
+) -> Path:
+    regions = ", ".join(f'"{r}" = "{b}"' for r, b in buckets.buckets.items())
+    path.write_text(
         f"""
+{extra}
 [sources.hgmo]
-url_template = "{hgweb.url_template}"
+url_template = "{template}"
 
 [storage]
 backend = "s3"
 signed_url_expiry = 300
 
 [storage.s3]
-endpoint_url = "{s3_buckets.endpoint_url}"
+endpoint_url = "{endpoint or buckets.endpoint_url}"
 addressing_style = "path"
-buckets = {{ {buckets} }}
+buckets = {{ {regions} }}
 
 [pipeline]
 part_size = 5242880
 """
     )
-    return config
+    return path
+
+
+@pytest.fixture
+def daemon_config(tmp_path: Path, hgweb, s3_buckets) -> Path:
+    return _write_config(tmp_path / "archiverd.toml", hgweb.url_template, s3_buckets)
 
 
 def test_old_clients_session_against_twistd(tmp_path, hgweb, s3_buckets, daemon_config):
@@ -212,3 +220,67 @@ def test_unreadable_config_names_the_file(tmp_path):
         f"archiverd: config error: {tmp_path / 'missing.toml'}: cannot read: "
         "No such file or directory"
     )
+
+
+def _start_stalled_transfer(
+    tmp_path: Path, config: Path, buckets: Any
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A daemon whose one transfer has parts up in every region, then stalls."""
+    port = free_port()
+    proc = _twistd(
+        "--config",
+        str(config),
+        "--listen",
+        f"tcp:{port}:interface=127.0.0.1",
+        cwd=tmp_path,
+    )
+    _wait_for_port(port, proc)
+    base = f"http://127.0.0.1:{port}"
+    code, headers, _ = _open(f"{base}/archiver/hgmo/r/0123456789ab")
+    assert code == 202
+    deadline = time.monotonic() + 30
+    while not all(buckets.pending_uploads(r) for r in buckets.buckets):
+        assert time.monotonic() < deadline, "no multipart upload started"
+        time.sleep(0.05)
+    return proc, headers["Location"]
+
+
+def test_sigterm_mid_transfer_aborts_uploads_and_exits(tmp_path, s3_buckets):
+    with FaultyUpstream([f"stall_body:{12 * MIB}"]) as upstream:
+        config = _write_config(
+            tmp_path / "archiverd.toml", upstream.url_template, s3_buckets
+        )
+        proc, _ = _start_stalled_transfer(tmp_path, config, s3_buckets)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+        assert time.monotonic() - started < 10  # the default shutdown_grace
+    for region in s3_buckets.buckets:
+        assert s3_buckets.pending_uploads(region) == []
+        assert s3_buckets.keys(region) == []
+    assert "Server Shut Down." in _output(proc, tmp_path)
+
+
+def test_sigterm_exits_within_the_grace_period_when_storage_hangs(
+    tmp_path, s3_buckets, moto_server
+):
+    with (
+        FaultyUpstream([f"stall_body:{12 * MIB}"]) as upstream,
+        FaultyS3(moto_server.endpoint_url) as s3,
+    ):
+        for bucket in s3_buckets.buckets.values():
+            s3.faults.append(S3Fault(bucket, "abort", hang=True))
+        config = _write_config(
+            tmp_path / "archiverd.toml",
+            upstream.url_template,
+            s3_buckets,
+            s3.endpoint_url,
+            extra="shutdown_grace = 1",
+        )
+        proc, _ = _start_stalled_transfer(tmp_path, config, s3_buckets)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+        elapsed = time.monotonic() - started
+    assert 1 <= elapsed < 4, elapsed
+    assert "shutdown_grace of 1.0s passed" in _output(proc, tmp_path)

@@ -21,6 +21,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from archiverd.config import SourceConfig
 from archiverd.errors import UpstreamRefused
@@ -312,6 +313,8 @@ class MemoryStorage:
         self.regions = tuple(regions)
         self.clock = clock
         self.objects: dict[tuple[str, str], bytes] = {}
+        #: Regions whose every call fails, as an unreachable bucket's would.
+        self.broken: set[str] = set()
         self._uploads: dict[str, dict[int, bytes]] = {}
 
     def open(self) -> None:
@@ -321,6 +324,8 @@ class MemoryStorage:
         pass
 
     def exists(self, region: str, key: str) -> bool:
+        if region in self.broken:
+            raise OSError(f"{region} is unreachable")
         return (region, key) in self.objects
 
     def signed_url(self, region: str, key: str, expires_in: int) -> str:
@@ -441,6 +446,33 @@ class FakeHgweb(Resource):
             return HGWEB_ERROR_PAGE.format(repo=repo, message=message).encode()
         request.setHeader("Content-Type", "application/json")
         return json.dumps({"node": node, "date": [0, 0], "user": "x"}).encode()
+
+
+#: A scripted answer that never comes.
+HANG = None
+
+
+class ScriptedUpstream(Resource):
+    """Answers each GET with the next scripted ``(code, headers, body)``, or
+    never (``HANG``); the last answer repeats. Records the URIs asked for."""
+
+    isLeaf = True
+
+    def __init__(self, *answers: tuple[int, dict[str, str], bytes] | None) -> None:
+        super().__init__()
+        self.answers = list(answers)
+        self.requests: list[str] = []
+
+    def render_GET(self, request: Any) -> Any:  # noqa: N802 (Twisted API)
+        self.requests.append(request.uri.decode())
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if answer is HANG:
+            return NOT_DONE_YET
+        code, headers, body = answer
+        request.setResponseCode(code)
+        for name, value in headers.items():
+            request.setHeader(name, value)
+        return body
 
 
 class StubClient:

@@ -21,15 +21,22 @@ from fakes import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
-from archiverd.errors import StorageError, UpstreamRefused, UpstreamUnavailable
+from archiverd.config import SourceConfig
+from archiverd.errors import (
+    StorageError,
+    UpstreamError,
+    UpstreamRefused,
+    UpstreamUnavailable,
+)
 from archiverd.keys import ArchiveRequest
-from archiverd.pipeline import PartCutter, Transfer
-from archiverd.tasks import Outcome
+from archiverd.pipeline import Fetcher, PartCutter, Transfer
+from archiverd.tasks import Outcome, Task
 
 # -- PartCutter --------------------------------------------------------------
 
@@ -440,3 +447,109 @@ def test_an_upstream_error_status_is_unavailable_and_its_body_is_dropped() -> No
     failure = failure_of(d, UpstreamUnavailable)
     assert str(failure.value) == f"hg.example answered 503 for {URL}"
     assert storage.calls == []
+
+
+# -- limits: size, idleness, total time ---------------------------------------
+
+
+def limited(
+    storage: RecordingStorage, clock: Clock, window: int = 2, **limits: Any
+) -> tuple[FakeResponse, Deferred[Outcome]]:
+    response = FakeResponse()
+    config = SourceConfig(
+        "hgmo", "https://hg.example/{repo}/archive/{rev}.{suffix}", **limits
+    )
+    t = Transfer(
+        FakeSource(response, config),  # type: ignore[arg-type]
+        storage,  # type: ignore[arg-type]
+        REQUEST,
+        storage.regions,
+        part_size=PART,
+        window=window,
+        clock=clock,
+    )
+    return response, started(t.run())
+
+
+def test_a_body_longer_than_max_archive_bytes_is_refused_and_aborted() -> None:
+    storage = RecordingStorage()
+    response, d = limited(storage, Clock(), max_archive_bytes=10)
+    response.write(b"aaaabbbb")
+    response.write(b"cc")
+    assert response.transport.calls == []
+    response.write(b"d")
+    assert response.transport.calls == ["stop"]
+    response.break_off()
+    failure = failure_of(d, UpstreamError)
+    assert str(failure.value) == (
+        f"archive exceeds 10 bytes (max_archive_bytes): {URL}"
+    )
+    assert sorted(states(storage).values()) == ["aborted", "aborted"]
+
+
+def test_no_byte_for_idle_timeout_is_unavailable_and_aborted() -> None:
+    storage = RecordingStorage()
+    clock = Clock()
+    response, d = limited(storage, clock, idle_timeout=30.0)
+    response.write(b"aaaab")
+    clock.advance(29)
+    response.write(b"b")  # a byte restarts the wait
+    clock.advance(29)
+    assert response.transport.calls == []
+    clock.advance(1)
+    assert response.transport.calls == ["stop"]
+    response.break_off()
+    failure = failure_of(d, UpstreamUnavailable)
+    assert str(failure.value) == (
+        f"no bytes from hg.example for 30s (idle_timeout) after 6 bytes of {URL}"
+    )
+    assert sorted(states(storage).values()) == ["aborted", "aborted"]
+    assert clock.getDelayedCalls() == []
+
+
+def test_time_paused_while_storage_catches_up_is_not_idleness() -> None:
+    storage = RecordingStorage()
+    storage.hold_parts = True
+    clock = Clock()
+    response, d = limited(storage, clock, window=1, idle_timeout=30.0)
+    response.write(b"aaaa")
+    assert response.transport.calls == ["pause"]
+    clock.advance(300)
+    storage.release_all()
+    assert response.transport.calls == ["pause", "resume"]
+    clock.advance(29)
+    response.write(b"bb")
+    response.finish()
+    storage.release_all()
+    assert result_of(d) == outcome(b"aaaabb")
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_fetch_longer_than_total_timeout_is_unavailable_and_aborted() -> None:
+    storage = RecordingStorage()
+    clock = Clock()
+    response = FakeResponse()
+    config = SourceConfig("hgmo", total_timeout=600.0, idle_timeout=3600.0)
+    fetcher = Fetcher(
+        {"hgmo": FakeSource(response, config)},  # type: ignore[dict-item]
+        storage,  # type: ignore[arg-type]
+        part_size=PART,
+        window=2,
+        clock=clock,
+    )
+    task = Task(REQUEST, URL, storage.regions, clock.seconds())
+    progress: list[int] = []
+    d = started(fetcher(task, progress.append))
+    for _ in range(5):
+        response.write(b"aaaa")
+        clock.advance(100)
+    assert progress == [4, 8, 12, 16, 20]
+    clock.advance(100)
+    failure = failure_of(d, UpstreamUnavailable)
+    assert str(failure.value) == (
+        "fetching https://hg.example/projects/ash/archive/42bf8560b395.tar.gz "
+        "took longer than 600s (total_timeout)"
+    )
+    assert "stop" in response.transport.calls
+    assert sorted(states(storage).values()) == ["aborted", "aborted"]
+    assert clock.getDelayedCalls() == []

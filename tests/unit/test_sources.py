@@ -7,19 +7,24 @@ from urllib.parse import urlsplit
 
 import pytest
 from fakes import (
+    HANG,
     HGWEB_ERROR_PAGE,
     FakeHgweb,
+    ScriptedUpstream,
     StubClient,
     failure_of,
+    has_no_result,
     result_of,
     started,
 )
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 
 from archiverd.config import DEFAULT_URL_TEMPLATE, SourceConfig
-from archiverd.errors import BadRequest, UpstreamRefused
+from archiverd.errors import BadRequest, UpstreamRefused, UpstreamUnavailable
 from archiverd.keys import ArchiveRequest
 from archiverd.sources import Source, error_message
 
@@ -193,3 +198,122 @@ def test_resolve_of_an_unknown_rev_is_refused_with_hgwebs_words() -> None:
         "hg.mozilla.org answered 404 for "
         "https://hg.mozilla.org/projects/ash/json-rev/nope: unknown revision 'nope'"
     )
+
+
+# -- getting from upstream: retries, redirects, timeouts ---------------------
+
+URL = "https://hg.mozilla.org/projects/ash/archive/42bf8560b395.tar.gz/"
+OK = (200, {}, b"archive")
+
+
+def scripted(
+    *answers: tuple[int, dict[str, str], bytes] | None, **config: object
+) -> tuple[Source, ScriptedUpstream, Clock]:
+    """A Source over a scripted upstream; jitter is fixed, so each retry
+    waits exactly retry_backoff × 2**attempt."""
+    clock = Clock()
+    upstream = ScriptedUpstream(*answers)
+    config.setdefault("retries", 3)
+    config.setdefault("retry_backoff", 1.0)
+    client = StubClient(upstream, clock)
+    return Source(hgmo(**config), client, clock, jitter=lambda: 0.5), upstream, clock
+
+
+def test_a_5xx_is_retried_after_a_doubling_backoff() -> None:
+    src, upstream, clock = scripted((503, {}, b""), (502, {}, b""), OK)
+    with capturedLogs():
+        d = started(src.get(URL))
+        assert len(upstream.requests) == 1
+        clock.advance(0.999)
+        assert len(upstream.requests) == 1
+        clock.advance(0.001)
+        assert len(upstream.requests) == 2
+        clock.advance(1.999)
+        has_no_result(d)
+        clock.advance(0.001)
+    assert result_of(d).code == 200
+    assert len(upstream.requests) == 3
+
+
+def test_retries_give_up_after_retries_more_attempts() -> None:
+    src, upstream, clock = scripted((502, {}, b"bad gateway"), retries=2)
+    with capturedLogs():
+        d = started(src.get(URL))
+        clock.pump([1, 2])
+    failure = failure_of(d, UpstreamUnavailable)
+    assert str(failure.value) == (
+        f"hg.mozilla.org answered 502 for {URL} (after 3 attempts)"
+    )
+    assert len(upstream.requests) == 3
+    assert clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize("code", [200, 403, 404, 410, 429])
+def test_answers_below_500_are_returned_at_once(code: int) -> None:
+    src, upstream, _ = scripted((code, {}, b"x"))
+    assert result_of(started(src.get(URL))).code == code
+    assert len(upstream.requests) == 1
+
+
+def test_no_headers_within_headers_timeout_is_unavailable_and_not_retried() -> None:
+    src, upstream, clock = scripted(HANG, headers_timeout=30.0)
+    d = started(src.get(URL))
+    clock.advance(29.9)
+    has_no_result(d)
+    clock.advance(0.1)
+    failure = failure_of(d, UpstreamUnavailable)
+    assert str(failure.value) == (
+        f"no answer from hg.mozilla.org within 30s (headers_timeout) for {URL}"
+    )
+    assert len(upstream.requests) == 1
+
+
+def test_a_redirect_on_the_same_host_is_followed() -> None:
+    moved = (302, {"Location": "/projects/ash/archive/other.tar.gz"}, b"")
+    src, upstream, _ = scripted(moved, OK)
+    assert result_of(started(src.get(URL))).code == 200
+    assert upstream.requests == [
+        "/projects/ash/archive/42bf8560b395.tar.gz/",
+        "/projects/ash/archive/other.tar.gz",
+    ]
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "https://evil.example/archive.tar.gz",
+        "http://hg.mozilla.org/projects/ash/archive/x.tar.gz",
+        "//evil.example/archive.tar.gz",
+    ],
+)
+def test_a_redirect_to_another_scheme_or_host_is_not_followed(location: str) -> None:
+    src, upstream, _ = scripted((301, {"Location": location}, b""))
+    failure = failure_of(started(src.get(URL)), UpstreamUnavailable)
+    assert "redirected" in str(failure.value)
+    assert len(upstream.requests) == 1
+
+
+def test_endless_redirects_are_unavailable() -> None:
+    src, upstream, _ = scripted((302, {"Location": "/again"}, b""))
+    failure = failure_of(started(src.get(URL)), UpstreamUnavailable)
+    assert "too many redirects" in str(failure.value)
+    assert len(upstream.requests) == 6
+
+
+def test_cancelling_a_get_is_a_cancellation_not_an_upstream_failure() -> None:
+    """A task stopped at shutdown reads 'cancelled', not 'cannot reach'."""
+    src, _, clock = scripted(HANG)
+    d = started(src.get(URL))
+    d.cancel()
+    failure_of(d, CancelledError)
+    assert clock.getDelayedCalls() == []
+
+
+def test_cancelling_a_get_waiting_to_retry_is_a_cancellation() -> None:
+    src, upstream, clock = scripted((503, {}, b""), OK)
+    with capturedLogs():
+        d = started(src.get(URL))
+    d.cancel()
+    failure_of(d, CancelledError)
+    clock.advance(10)
+    assert len(upstream.requests) == 1

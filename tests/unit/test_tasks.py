@@ -8,7 +8,12 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 
-from archiverd.errors import StorageError, UpstreamRefused, UpstreamUnavailable
+from archiverd.errors import (
+    Busy,
+    StorageError,
+    UpstreamRefused,
+    UpstreamUnavailable,
+)
 from archiverd.keys import ArchiveRequest
 from archiverd.tasks import SUCCESS_STATUS, Outcome, State, Task, TaskService
 
@@ -276,3 +281,67 @@ def test_stop_service_waits_for_a_runner_that_cleans_up_after_cancel(
         cleanup.callback(None)
     result_of(stopped)
     assert task.state is State.FAILURE
+
+
+# -- limits: concurrency and table size ---------------------------------------
+
+
+def test_beyond_max_concurrent_a_task_waits_its_turn_as_pending(
+    clock: Clock, runner: FakeRunner
+) -> None:
+    tasks = TaskService(clock, runner, max_concurrent=1)
+    first = submit(tasks, clock, rev="000000000001")
+    second = submit(tasks, clock, rev="000000000002")
+    third = submit(tasks, clock, rev="000000000003")
+    assert [call.task for call in runner.calls] == [first]
+    assert (second.state, second.status) == (State.PENDING, "queued (0 ahead)")
+    assert third.status == "queued (1 ahead)"
+    assert tasks.active(second.task_id) is second
+    runner.calls[0].deferred.callback(OUTCOME)
+    assert [call.task for call in runner.calls] == [first, second]
+    assert second.state is State.STARTED
+    assert third.status == "queued (0 ahead)"
+    runner.calls[1].deferred.errback(UpstreamUnavailable("down"))
+    assert [call.task for call in runner.calls] == [first, second, third]
+
+
+def test_queued_tasks_are_cancelled_on_stop_and_never_run(
+    clock: Clock, runner: FakeRunner
+) -> None:
+    tasks = TaskService(clock, runner, max_concurrent=1)
+    running = submit(tasks, clock, rev="000000000001")
+    queued = submit(tasks, clock, rev="000000000002")
+    with capturedLogs():
+        stopped = tasks.stopService()
+    result_of(stopped)
+    assert [call.task for call in runner.calls] == [running]
+    assert queued.state is State.FAILURE
+    assert queued.status == "cancelled: archiverd is stopping"
+
+
+def test_a_full_table_drops_the_oldest_finished_task_to_make_room(
+    clock: Clock, runner: FakeRunner
+) -> None:
+    tasks = TaskService(clock, runner, max_tasks=2)
+    oldest = submit(tasks, clock, rev="000000000001")
+    runner.calls[0].deferred.callback(OUTCOME)
+    clock.advance(1)
+    newer = submit(tasks, clock, rev="000000000002")
+    runner.calls[1].deferred.callback(OUTCOME)
+    third = submit(tasks, clock, rev="000000000003")
+    assert len(tasks) == 2
+    assert tasks.get(oldest.task_id) is None
+    assert tasks.get(newer.task_id) is newer
+    assert tasks.get(third.task_id) is third
+
+
+def test_a_table_full_of_unfinished_tasks_refuses_new_work(
+    clock: Clock, runner: FakeRunner
+) -> None:
+    tasks = TaskService(clock, runner, max_tasks=2)
+    first = submit(tasks, clock, rev="000000000001")
+    submit(tasks, clock, rev="000000000002")
+    with pytest.raises(Busy):
+        submit(tasks, clock, rev="000000000003")
+    assert submit(tasks, clock, rev="000000000001") is first  # joining is fine
+    assert len(runner.calls) == 2

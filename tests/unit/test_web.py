@@ -72,6 +72,7 @@ class World:
         public_url: str | None = None,
         files: FileStorage | None = None,
         clock: Clock | None = None,
+        max_tasks: int = 10000,
     ) -> None:
         self.clock = clock or Clock()
         if clock is None:
@@ -79,7 +80,9 @@ class World:
         self.backend: Any = files or MemoryStorage(REGIONS, self.clock.seconds)
         self.storage = InlineStorageService(self.backend)
         self.runner = FakeRunner()
-        self.tasks = TaskService(self.clock, self.runner, keep_finished=3600)
+        self.tasks = TaskService(
+            self.clock, self.runner, keep_finished=3600, max_tasks=max_tasks
+        )
         self.hgweb = FakeHgweb({("projects/ash", "default"): NODE})
         hgmo = Source(
             SourceConfig("hgmo"), StubClient(self.hgweb, self.clock), self.clock
@@ -159,6 +162,7 @@ def world() -> World:
         (f"/archiver/hgmo/projects%5Cash/{REV}", "backslash"),
         (f"/archiver/hgmo/projects/ash/{'v' * 257}", "longer than 256"),
         ("/archiver/hgmo/projects/ash/", "rev is empty"),
+        (f"/archiver/hgmo/projects/ash/{REV}?preferred_region=a%0Ab", "control"),
         (f"/archiver/hgmo/projects/ash/{REV}?subdir=%FF", "not valid UTF-8"),
     ],
 )
@@ -304,6 +308,29 @@ def test_an_unknown_rev_is_a_404_quoting_upstream(world: World) -> None:
     assert answer.code == 404
     assert answer.json["error"].endswith(": unknown revision 'nope'")
     assert world.runner.calls == []
+
+
+def test_storage_trouble_starts_the_work_instead_of_failing_the_request(
+    world: World,
+) -> None:
+    """A region that cannot say whether it has the archive counts as not
+    having it: the task then fails (or not) with the cause, visible in status."""
+    world.backend.broken.add("us-west-2")
+    with capturedLogs() as events:
+        answer = world.get(f"/archiver/hgmo/projects/ash/{REV}")
+    assert answer.code == 202
+    assert world.runner.calls[0].task.regions == REGIONS
+    assert any("us-west-2 is unreachable" in e.get("error", "") for e in events)
+
+
+def test_a_full_task_table_is_a_503_with_retry_after() -> None:
+    world = World(max_tasks=1)
+    assert world.get(f"/archiver/hgmo/projects/ash/{REV}").code == 202
+    answer = world.get("/archiver/hgmo/projects/ash/0123456789ab")
+    assert answer.code == 503
+    assert answer.header("Retry-After") == "5"
+    assert list(answer.json) == ["error"]
+    assert len(world.runner.calls) == 1
 
 
 # -- status ------------------------------------------------------------------
