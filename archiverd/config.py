@@ -187,9 +187,12 @@ def _template(name: str, value: str, required: set[str]) -> str:
     if not urlsplit(prefix).path.startswith("/"):
         raise ConfigError(f"{name}: placeholders must come after the host")
     try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+        parsed = [p for p in string.Formatter().parse(value) if p[1] is not None]
     except ValueError as e:
         raise ConfigError(f"{name}: {e}") from None
+    if any(spec or conversion for _, _, spec, conversion in parsed):
+        raise ConfigError(f"{name}: placeholders take no conversion or format spec")
+    fields = {f for _, f, _, _ in parsed}
     if not fields <= TEMPLATE_FIELDS:
         unknown = ", ".join(sorted(fields - TEMPLATE_FIELDS))
         raise ConfigError(f"{name}: unknown placeholder {unknown}")
@@ -326,14 +329,24 @@ def parse(raw: Mapping[str, Any]) -> Config:
     )
 
 
+def _subtable(raw: dict[str, Any], key: str, path: str) -> dict[str, Any]:
+    """raw[key] as a table (created if absent), or a ConfigError naming path."""
+    table = raw.setdefault(key, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: expected a table")
+    return table
+
+
 def apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
-    """Honour the old service's settings; they override the file."""
+    """Honour the old service's settings, which override the file's values.
+
+    ``ARCHIVER_S3_BUCKETS`` also selects the s3 backend, unless the file
+    names a backend itself.
+    """
     template = environ.get("ARCHIVER_HGMO_URL_TEMPLATE")
     if template:
-        sources = raw.setdefault("sources", {})
-        if not isinstance(sources, dict):
-            raise ConfigError("sources: expected a table")
-        sources.setdefault("hgmo", {})["url_template"] = template
+        sources = _subtable(raw, "sources", "sources")
+        _subtable(sources, "hgmo", "sources.hgmo")["url_template"] = template
     buckets = environ.get("ARCHIVER_S3_BUCKETS")
     if buckets:
         try:
@@ -342,9 +355,9 @@ def apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
             raise ConfigError("ARCHIVER_S3_BUCKETS: not valid JSON") from None
         if not isinstance(parsed, dict):
             raise ConfigError("ARCHIVER_S3_BUCKETS: expected a JSON object")
-        storage = raw.setdefault("storage", {})
+        storage = _subtable(raw, "storage", "storage")
         storage.setdefault("backend", "s3")
-        storage.setdefault("s3", {})["buckets"] = parsed
+        _subtable(storage, "s3", "storage.s3")["buckets"] = parsed
 
 
 def load(path: str | None, environ: Mapping[str, str]) -> Config:

@@ -58,7 +58,13 @@ def _check_name(field: str, value: str, *, path: bool) -> None:
 
 
 def is_changeset_id(rev: str) -> bool:
-    """True for a (possibly abbreviated) hexadecimal changeset id."""
+    """True for a (possibly abbreviated) hexadecimal changeset id.
+
+    A short string of decimal digits is not one: Mercurial reads it as a
+    local revision number first, which differs from clone to clone.
+    """
+    if rev.isdecimal() and len(rev) < SHORT_REV_LENGTH:
+        return False
     return bool(_HEX.match(rev))
 
 
@@ -153,3 +159,26 @@ def key_for_task_id(task_id: str) -> str:
     if task_id_for_key(key) != task_id:
         raise ValueError(f"not a task id: {task_id!r}")
     return key
+
+
+_AFTER_REPO = re.compile(
+    r"(?P<rev>[0-9a-f]{1,12})\.(?P<suffix>tar\.gz|tar\.bz2|zip)(?:/(?P<subdir>.+))?\Z",
+    re.DOTALL,
+)
+
+
+def parse_key(key: str, source: str = "") -> ArchiveRequest | None:
+    """The archive a storage key names, or None for a key no request makes."""
+    for dash in (i for i, c in enumerate(key) if c == "-"):
+        match = _AFTER_REPO.match(key, dash + 1)
+        if match is None:
+            continue
+        try:
+            request = ArchiveRequest.parse(
+                source, key[:dash], match["rev"], match["suffix"], match["subdir"] or ""
+            )
+        except BadRequest:
+            continue
+        if request.key == key and not request.is_symbolic:
+            return request
+    return None

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet import defer
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -44,6 +44,7 @@ from archiverd.storage.service import StorageService
 from archiverd.tasks import Outcome, Task
 
 _DONE = Failure(ResponseDone())
+T = TypeVar("T")
 
 
 class PartCutter(Protocol):
@@ -198,6 +199,7 @@ class Transfer:
         self._uploads: dict[str, Shared[str]] = {}
         self._etags: dict[str, list[tuple[int, str]]] = {r: [] for r in self.regions}
         self._in_flight: set[Deferred[None]] = set()
+        self._calls: set[Deferred[Any]] = set()
         self._completed: set[str] = set()
         self._error: Failure | None = None
         self._cutter: PartCutter | None = None
@@ -257,9 +259,20 @@ class Transfer:
             return Outcome(cutter.received, sha256)
         except BaseException:
             cutter.stop()
-            await self._drain()
-            await self._abort_uploads()
+            # Shielded: a second cancel must not cut the clean-up short.
+            await _shielded(Deferred.fromCoroutine(self._clean_up()))
             raise
+
+    async def _clean_up(self) -> None:
+        """After a failure: let storage calls finish, then abort the uploads.
+
+        Aborting while a part is still being stored could leave that part
+        behind, so the calls in progress are waited for first.
+        """
+        await self._drain()
+        while self._calls:
+            await DeferredList(list(self._calls), consumeErrors=True)
+        await self._abort_uploads()
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -292,6 +305,10 @@ class Transfer:
 
     def _part_settled(self, result: object, d: Deferred[None]) -> object:
         self._in_flight.discard(d)
+        return result
+
+    def _call_settled(self, result: object, call: Deferred[Any]) -> object:
+        self._calls.discard(call)
         return result
 
     def _part_failed(self, failure: Failure) -> None:
@@ -357,9 +374,17 @@ class Transfer:
     async def _storage_call(
         self, region: str, fn: Callable[..., Any], *args: Any
     ) -> Any:
+        """Run a storage call that cancellation cannot cut loose.
+
+        The call runs on a thread and cannot be stopped, so a cancel only
+        stops the waiting; the call stays in ``_calls`` until it ends.
+        """
+        call = Deferred.fromCoroutine(fn(*args))
+        self._calls.add(call)
+        call.addBoth(self._call_settled, call)
         try:
-            return await fn(*args)
-        except StorageError:
+            return await _shielded(call)
+        except (StorageError, CancelledError):
             raise
         except Exception as e:
             raise StorageError(f"storage in {region} failed: {_describe(e)}") from e
@@ -387,6 +412,21 @@ class Transfer:
                 key=self.key,
                 region=region,
             )
+
+
+def _shielded(d: Deferred[T]) -> Deferred[T]:
+    """A Deferred with ``d``'s result whose cancellation leaves ``d`` running."""
+    proxy: Deferred[T] = Deferred()
+
+    def relay(result: Any) -> None:
+        if not proxy.called:
+            if isinstance(result, Failure):
+                proxy.errback(result)
+            else:
+                proxy.callback(result)
+
+    d.addBoth(relay)
+    return proxy
 
 
 def _reason(failure: Failure) -> str:

@@ -14,7 +14,7 @@ import json
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, urljoin
+from urllib.parse import quote
 
 from klein import Klein
 from twisted.internet.defer import Deferred, gatherResults
@@ -35,7 +35,12 @@ from archiverd.errors import (
     UpstreamRefused,
     UpstreamUnavailable,
 )
-from archiverd.keys import MAX_NAME_LENGTH, ArchiveRequest, key_for_task_id
+from archiverd.keys import (
+    MAX_NAME_LENGTH,
+    ArchiveRequest,
+    key_for_task_id,
+    parse_key,
+)
 from archiverd.sources import Source
 from archiverd.storage.files import FileStorage
 from archiverd.storage.service import StorageService
@@ -154,7 +159,7 @@ class ArchiverAPI:
     async def _signed_url(self, request: IRequest, region: str, key: str) -> str:
         url = await self.storage.signed_url(region, key, self.signed_url_expiry)
         # The file backend signs URLs relative to archiverd itself.
-        return urljoin(self._base_url(request) + "/", url)
+        return self._base_url(request) + url if url.startswith("/") else url
 
     async def _signed_urls(self, request: IRequest, key: str) -> dict[str, str]:
         regions = self.storage.regions
@@ -277,6 +282,8 @@ class ArchiverAPI:
             key = key_for_task_id(task_id)
         except ValueError:
             return unknown
+        if parse_key(key) is None:
+            return unknown  # names no archive: never sign URLs for it
         if set(await self._stored_in(key)) != set(self.storage.regions):
             return unknown
         return {

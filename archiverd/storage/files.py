@@ -149,7 +149,8 @@ class FileStorage:
 
         The signature is compared in constant time.
         """
-        if region not in self.regions or not expires.isdigit():
+        digits = expires.isascii() and expires.isdigit()
+        if region not in self.regions or not digits or len(expires) > 12:
             return False
         expected = self._signature(region, key, int(expires))
         valid = hmac.compare_digest(expected.encode(), signature.encode())

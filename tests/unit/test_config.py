@@ -220,12 +220,6 @@ def test_a_bad_rev_url_template_is_refused() -> None:
     assert message == "sources.hgmo.rev_url_template: must contain {repo}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG: a conversion or format spec ({repo!s}) passes validation, then "
-    "SourceConfig.resolved_rev_url_template raises ValueError at the first resolve",
-)
 def test_a_placeholder_with_a_conversion_is_refused_at_start_up() -> None:
     template = "https://hg.example/{repo!s}/archive/{rev}.{suffix}"
     try:
@@ -288,12 +282,6 @@ def test_a_bad_template_from_the_environment_is_a_config_error() -> None:
         load(None, {"ARCHIVER_HGMO_URL_TEMPLATE": "https://hg.example/{repo}"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(AttributeError, TypeError),
-    reason="BUG: apply_environment assumes [storage]/[sources.hgmo] are tables; "
-    "a file with a non-table there plus the variable raises AttributeError/TypeError",
-)
 @pytest.mark.parametrize(
     ("toml", "environ"),
     [

@@ -395,11 +395,6 @@ def _cancel_after_the_body_ended() -> tuple[RecordingStorage, Deferred[Outcome]]
     return storage, d
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cancelling during the final drain cancels the in-flight part "
-    "Deferreds, so abort_upload runs while their storage calls still run",
-)
 def test_cancelling_after_the_body_ended_waits_for_parts_before_aborting() -> None:
     """Every abort comes after the part uploads of its upload have returned
     (S3 may otherwise keep a part that lands after the abort)."""
@@ -410,11 +405,6 @@ def test_cancelling_after_the_body_ended_waits_for_parts_before_aborting() -> No
         assert upload.running_at_abort == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Transfer._storage_call wraps CancelledError in StorageError, so a "
-    "task stopped at shutdown reads 'storage in east failed: CancelledError'",
-)
 def test_cancelling_after_the_body_ended_is_a_cancellation_not_a_failure() -> None:
     _, d = _cancel_after_the_body_ended()
     failure_of(d, CancelledError)

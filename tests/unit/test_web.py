@@ -407,11 +407,6 @@ def test_status_of_an_unknown_task_stored_in_some_regions_is_unknown(
     assert status(world) == UNKNOWN
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the status route signs URLs for any key a task id maps back to, "
-    "even keys no archive request can produce (any object in the buckets)",
-)
 def test_status_never_signs_urls_for_keys_that_name_no_archive(world: World) -> None:
     world.store("private/credentials.json")
     assert status(world, "private_credentials.json") == UNKNOWN
@@ -476,11 +471,6 @@ def test_an_expired_file_url_is_a_403(files_world: World) -> None:
     assert answer.json == {"error": "this link has expired or is not valid"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: FileStorage.verify trusts str.isdigit(); int() then raises "
-    "ValueError for '²' or for more than 4300 digits, and the route answers 500",
-)
 @pytest.mark.parametrize("expires", ["%C2%B2", "9" * 5000])
 def test_a_malformed_expiry_is_a_403_not_a_500(
     files_world: World, expires: str
@@ -490,11 +480,6 @@ def test_a_malformed_expiry_is_a_403_not_a_500(
         assert files_world.get(path).code == 403
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ArchiverAPI._signed_url urljoins the file URL onto public_url, "
-    "which drops public_url's path; the 202 Location keeps it",
-)
 def test_file_urls_keep_the_path_of_public_url(tmp_path: Path) -> None:
     clock = Clock()
     files = FileStorage(tmp_path, ("local",), secret="s" * 32, clock=clock.seconds)
