@@ -86,6 +86,11 @@ class StorageConfig:
     signed_url_expiry: int = 300
     #: Threads that run blocking storage calls (botocore, file writes).
     threads: int = 16
+    #: (region, key) pairs remembered as stored, so hits need no storage call.
+    exists_cache_size: int = 100_000
+    #: Seconds one is remembered (an object deleted behind archiverd's back
+    #: is noticed after this long).
+    exists_cache_ttl: float = 3600.0
     s3: S3Config = field(default_factory=S3Config)
     file: FileConfig = field(default_factory=FileConfig)
 
@@ -240,6 +245,8 @@ def _storage(table: _Table) -> StorageConfig:
         raise ConfigError(f"{table.name('backend')}: expected 'file' or 's3'")
     expiry = _integer(table, "signed_url_expiry", 300, 1, 7 * 24 * 3600)
     threads = _integer(table, "threads", 16, 1, 256)
+    cache_size = _integer(table, "exists_cache_size", 100_000, 0, 10_000_000)
+    cache_ttl = float(_number(table, "exists_cache_ttl", 3600.0, 0, 30 * 86400))
 
     s3 = table.table("s3")
     buckets = s3.take("buckets", dict, {})
@@ -275,6 +282,8 @@ def _storage(table: _Table) -> StorageConfig:
         backend,
         expiry,
         threads,
+        cache_size,
+        cache_ttl,
         S3Config(dict(buckets), endpoint_url, style, attempts),
         FileConfig(root, tuple(regions), secret),
     )

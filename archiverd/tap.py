@@ -80,7 +80,15 @@ class Daemon(MultiService):
         self.clock = reactor
         self.shutdown_grace = config.shutdown_grace
         backend = backend if backend is not None else build_storage(config)
-        self.storage = StorageService(backend, reactor, config.storage.threads)
+        self.storage = StorageService(
+            backend,
+            reactor,
+            config.storage.threads,
+            exists_cache_size=config.storage.exists_cache_size,
+            exists_cache_ttl=config.storage.exists_cache_ttl,
+            # A reused URL keeps at least 90% of its validity.
+            signed_url_reuse=config.storage.signed_url_expiry / 10,
+        )
         self.files = backend if isinstance(backend, FileStorage) else None
         self.http_pool = HTTPConnectionPool(reactor)
         client = treq.client.HTTPClient(Agent(reactor, pool=self.http_pool))

@@ -21,6 +21,7 @@ from twisted.python.threadpool import ThreadPool
 
 from archiverd.errors import StorageError
 from archiverd.storage.base import ObjectInfo, Storage
+from archiverd.storage.cache import ExpiringLRU
 
 T = TypeVar("T")
 
@@ -30,11 +31,28 @@ class StorageService(Service):
 
     log = Logger()
 
-    def __init__(self, storage: Storage, reactor: Any, threads: int = 16) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        reactor: Any,
+        threads: int = 16,
+        *,
+        exists_cache_size: int = 100_000,
+        exists_cache_ttl: float = 3600.0,
+        signed_url_reuse: float = 30.0,
+    ) -> None:
         self.storage = storage
         self.regions = storage.regions
         self.default_region = storage.regions[0]
         self._reactor = reactor
+        #: (region, key) seen stored: archives are immutable (see cache.py).
+        self._known: ExpiringLRU[tuple[str, str], bool] = ExpiringLRU(
+            exists_cache_size, exists_cache_ttl, reactor.seconds
+        )
+        #: Signed URLs, handed out again for ``signed_url_reuse`` seconds.
+        self._signed: ExpiringLRU[tuple[str, str, int], str] = ExpiringLRU(
+            min(exists_cache_size, 10_000), signed_url_reuse, reactor.seconds
+        )
         self._pool = ThreadPool(
             minthreads=0, maxthreads=threads, name="archiverd-storage"
         )
@@ -89,15 +107,29 @@ class StorageService(Service):
         return await deferToThreadPool(self._reactor, self._pool, fn, *args)
 
     async def exists(self, region: str, key: str) -> bool:
-        return await self.call(self.storage.exists, region, key)
+        """Whether the key is stored; a yes is remembered (a no never is)."""
+        if self._known.get((region, key)):
+            return True
+        found = await self.call(self.storage.exists, region, key)
+        if found:
+            self._known.put((region, key), True)
+        return found
 
     async def signed_url(self, region: str, key: str, expires_in: int) -> str:
-        return await self.call(self.storage.signed_url, region, key, expires_in)
+        """A signed URL; one signed in the last ``signed_url_reuse`` seconds
+        is handed out again (it then still has most of its validity)."""
+        cached = self._signed.get((region, key, expires_in))
+        if cached is not None:
+            return cached
+        url = await self.call(self.storage.signed_url, region, key, expires_in)
+        self._signed.put((region, key, expires_in), url)
+        return url
 
     async def put(
         self, region: str, key: str, data: bytes, info: ObjectInfo, sha256: str
     ) -> None:
         await self.call(self.storage.put, region, key, data, info, sha256)
+        self._known.put((region, key), True)
 
     async def start_upload(self, region: str, key: str, info: ObjectInfo) -> str:
         return await self.call(self.storage.start_upload, region, key, info)
@@ -135,6 +167,7 @@ class StorageService(Service):
             sha256,
             size,
         )
+        self._known.put((region, key), True)
 
     async def abort_upload(self, region: str, key: str, upload_id: str) -> None:
         await self.call(self.storage.abort_upload, region, key, upload_id)

@@ -374,8 +374,12 @@ class MemoryStorage:
 class InlineStorageService(StorageService):
     """A StorageService that runs storage calls inline, with no thread pool."""
 
-    def __init__(self, storage: Any) -> None:
-        super().__init__(storage, reactor=None, threads=1)
+    def __init__(self, storage: Any, clock: Clock | None = None, **caches: Any) -> None:
+        # Caches are off unless a test asks for them, so that every storage
+        # call a route makes is seen in ``calls``.
+        caches.setdefault("exists_cache_size", 0)
+        caches.setdefault("signed_url_reuse", 0)
+        super().__init__(storage, reactor=clock or Clock(), threads=1, **caches)
         self.mark_open()
         self.calls: list[str] = []
 

@@ -73,12 +73,13 @@ class World:
         files: FileStorage | None = None,
         clock: Clock | None = None,
         max_tasks: int = 10000,
+        caches: dict[str, Any] | None = None,
     ) -> None:
         self.clock = clock or Clock()
         if clock is None:
             self.clock.advance(1_700_000_000)
         self.backend: Any = files or MemoryStorage(REGIONS, self.clock.seconds)
-        self.storage = InlineStorageService(self.backend)
+        self.storage = InlineStorageService(self.backend, self.clock, **(caches or {}))
         self.runner = FakeRunner()
         self.tasks = TaskService(
             self.clock, self.runner, keep_finished=3600, max_tasks=max_tasks
@@ -493,3 +494,54 @@ def test_file_urls_keep_the_path_of_public_url(tmp_path: Path) -> None:
     assert redirected.header("Location").startswith(
         "https://example.com/archiverd/archiver/files/local/"
     )
+
+
+# -- the hit path's caches ---------------------------------------------------
+
+CACHES = {"exists_cache_size": 100, "exists_cache_ttl": 600, "signed_url_reuse": 30}
+
+
+def test_a_hit_after_a_hit_makes_no_storage_call():
+    world = World(caches=CACHES)
+    world.store(ASH.key)
+    first = world.get(f"/archiver/hgmo/projects/ash/{REV}")
+    assert first.code == 302
+    calls = list(world.storage.calls)
+    assert calls == ["exists", "signed_url"]
+    for _ in range(10):
+        again = world.get(f"/archiver/hgmo/projects/ash/{REV}")
+        assert again.code == 302
+        assert again.header("Location") == first.header("Location")
+    assert world.storage.calls == calls
+
+
+def test_absence_is_never_cached():
+    world = World(caches=CACHES)
+    assert world.get(f"/archiver/hgmo/projects/ash/{REV}").code == 202
+    world.runner.calls[0].deferred.callback(Outcome(1, "0" * 64))
+    world.store(ASH.key)
+    assert world.get(f"/archiver/hgmo/projects/ash/{REV}").code == 302
+
+
+def test_a_known_key_is_checked_again_after_exists_cache_ttl():
+    world = World(caches=CACHES)
+    world.store(ASH.key)
+    assert world.get(f"/archiver/hgmo/projects/ash/{REV}").code == 302
+    del world.backend.objects[(REGIONS[0], ASH.key)]  # a lifecycle rule expired it
+    world.clock.advance(599)
+    assert world.get(f"/archiver/hgmo/projects/ash/{REV}").code == 302
+    world.clock.advance(1)
+    assert world.get(f"/archiver/hgmo/projects/ash/{REV}").code == 202
+
+
+def test_a_signed_url_is_reused_only_while_most_of_its_validity_remains():
+    world = World(caches=CACHES)
+    world.store(ASH.key)
+    first = world.get(f"/archiver/hgmo/projects/ash/{REV}").header("Location")
+    world.clock.advance(29)
+    assert world.get(f"/archiver/hgmo/projects/ash/{REV}").header("Location") == first
+    world.clock.advance(1)
+    later = world.get(f"/archiver/hgmo/projects/ash/{REV}").header("Location")
+    assert later != first
+    expires = int(parse_qs(urlsplit(later).query)["Expires"][0])
+    assert expires == world.clock.seconds() + 300
