@@ -70,6 +70,11 @@ class S3Config:
     addressing_style: str | None = None
     #: botocore's retry attempts for each call (standard retry mode).
     max_attempts: int = 5
+    #: "crc32": S3 checks every request's bytes against a CRC32 (cheap);
+    #: "none": no per-request checksum (the sha256 in metadata remains).
+    checksum: str = "crc32"
+    #: Also sign each body's sha256 into the request (a second full hash).
+    sign_payload: bool = False
 
 
 @dataclass(frozen=True)
@@ -261,6 +266,10 @@ def _storage(table: _Table) -> StorageConfig:
     if style not in (None, "path", "virtual", "auto"):
         raise ConfigError(f"{s3.name('addressing_style')}: expected path or virtual")
     attempts = _integer(s3, "max_attempts", 5, 1, 20)
+    checksum = s3.take("checksum", str, "crc32")
+    if checksum not in ("crc32", "none"):
+        raise ConfigError(f"{s3.name('checksum')}: expected 'crc32' or 'none'")
+    sign_payload = s3.take("sign_payload", bool, False)
     s3.done()
 
     files = table.table("file")
@@ -284,7 +293,7 @@ def _storage(table: _Table) -> StorageConfig:
         threads,
         cache_size,
         cache_ttl,
-        S3Config(dict(buckets), endpoint_url, style, attempts),
+        S3Config(dict(buckets), endpoint_url, style, attempts, checksum, sign_payload),
         FileConfig(root, tuple(regions), secret),
     )
     if not storage.regions:

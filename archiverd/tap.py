@@ -59,6 +59,8 @@ def build_storage(config: Config) -> Storage:
             endpoint_url=storage.s3.endpoint_url,
             addressing_style=storage.s3.addressing_style,
             max_attempts=storage.s3.max_attempts,
+            checksum=storage.s3.checksum,
+            sign_payload=storage.s3.sign_payload,
             max_connections=storage.threads,
         )
     return FileStorage(storage.file.root, storage.file.regions, storage.file.secret)

@@ -133,7 +133,7 @@ class TaskService(Service):
         self._working = 0
         self._stopping = False
         self._queue: deque[tuple[Task, Deferred[None]]] = deque()
-        self._expiry = LoopingCall(self.expire)
+        self._expiry = LoopingCall(self._tick)
         self._expiry.clock = clock
 
     def __len__(self) -> int:
@@ -179,6 +179,18 @@ class TaskService(Service):
         """Drop finished tasks older than ``keep_finished``."""
         for task_id in [t for t, task in self._tasks.items() if self._expired(task)]:
             del self._tasks[task_id]
+
+    def _tick(self) -> None:
+        self.expire()
+        if self._tasks:
+            self.log.info(
+                "task table: {size} of {max_tasks} ({working} working, "
+                "{queued} queued)",
+                size=len(self._tasks),
+                max_tasks=self.max_tasks,
+                working=self._working,
+                queued=len(self._queue),
+            )
 
     def submit(
         self,

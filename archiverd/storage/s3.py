@@ -32,20 +32,27 @@ class S3Storage:
         max_attempts: int = 5,
         max_connections: int = 16,
         session: Any = None,
+        checksum: str = "crc32",
+        sign_payload: bool = False,
     ) -> None:
         self.buckets = dict(buckets)
         self.regions = tuple(buckets)
         self._endpoint_url = endpoint_url
         self._session = session
-        s3_options = {"addressing_style": addressing_style} if addressing_style else {}
+        # Without a checksum header botocore signs every body's sha256 into
+        # the request, a full extra hash per region; a CRC32 (3.5 GB/s here,
+        # against 1.5 for sha256) lets S3 check each request's bytes instead.
+        s3_options: dict[str, Any] = {"payload_signing_enabled": sign_payload}
+        if addressing_style:
+            s3_options["addressing_style"] = addressing_style
         self._boto_config = BotoConfig(
             signature_version="s3v4",
             retries={"mode": "standard", "max_attempts": max_attempts},
             max_pool_connections=max_connections,
             s3=s3_options,
-            # Integrity is checked end to end with sha256; botocore's own
-            # per-request CRC would hash every byte a second time.
-            request_checksum_calculation="when_required",
+            request_checksum_calculation=(
+                "when_supported" if checksum == "crc32" else "when_required"
+            ),
             response_checksum_validation="when_required",
         )
         self._clients: dict[str, Any] = {}
