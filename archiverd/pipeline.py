@@ -23,11 +23,17 @@ archive smaller than one part is stored with a single PUT per region.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from twisted.internet import defer
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, gatherResults
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    gatherResults,
+    succeed,
+)
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -78,12 +84,12 @@ class PartCutter(Protocol):
         self.on_part = on_part
         self.on_progress = on_progress
         self.received = 0
-        self.hasher = hashlib.sha256()
         #: Fires (with None) when the body ends; then ``reason`` says how.
         self.finished: Deferred[None] = Deferred()
         self.reason: Failure | None = None
-        self._chunks: list[bytes] = []
-        self._buffered = 0
+        # The part being filled: each byte is copied once, into it.
+        self._part = bytearray(part_size)
+        self._filled = 0
         self._unfinished = 0
         self._paused = False
         self._stopped = False
@@ -119,18 +125,20 @@ class PartCutter(Protocol):
         if not self._paused:
             self._arm()
         self.received += len(data)
-        self.hasher.update(data)
-        self._chunks.append(data)
-        self._buffered += len(data)
-        while self._buffered >= self.part_size:
-            joined = b"".join(self._chunks)
-            part, rest = joined[: self.part_size], joined[self.part_size :]
-            self._chunks = [rest] if rest else []
-            self._buffered = len(rest)
+        view = memoryview(data)
+        while view:
+            room = self.part_size - self._filled
+            if len(view) < room:
+                self._part[self._filled : self._filled + len(view)] = view
+                self._filled += len(view)
+                break
+            self._part[self._filled :] = view[:room]
+            view = view[room:]
+            part, self._part, self._filled = self._part, bytearray(self.part_size), 0
             self._emit(part)
         self.on_progress(self.received)
 
-    def _emit(self, part: bytes) -> None:
+    def _emit(self, part: bytearray) -> None:
         self._unfinished += 1
         if self._unfinished >= self.window and not self._paused:
             self._paused = True
@@ -147,7 +155,7 @@ class PartCutter(Protocol):
 
     def rest(self) -> bytes:
         """What is left after the last full part."""
-        return b"".join(self._chunks)
+        return bytes(self._part[: self._filled])
 
     def stop(self, why: str | None = None) -> None:
         """Drop the connection; no more parts will be cut."""
@@ -155,7 +163,7 @@ class PartCutter(Protocol):
         if not self._stopped:
             self._stopped = True
             self.stopped_for = why
-            self._chunks = []
+            self._part, self._filled = bytearray(), 0
             if self.transport is not None and not self._lost:
                 self.transport.stopProducing()
 
@@ -183,8 +191,14 @@ class Transfer:
         window: int,
         on_progress: Callable[[int], None] = lambda received: None,
         clock: IReactorTime | None = None,
+        offload: Callable[..., Awaitable[Any]] | None = None,
     ) -> None:
         self.source = source
+        #: Runs CPU work (sha256 of each part) off the reactor thread; parts
+        #: are hashed in order, one at a time, while they upload.
+        self._offload = offload
+        self._hasher = hashlib.sha256()
+        self._hashed: Shared[None] = Shared(succeed(None))
         self.clock = clock
         self.storage = storage
         self.request = request
@@ -246,15 +260,17 @@ class Transfer:
                     f"{self.source.host} broke off after {cutter.received} bytes "
                     f"of {self.url}: {_reason(reason)}"
                 )
-            sha256 = cutter.hasher.hexdigest()
             rest = cutter.rest()
             if self._parts == 0:
+                self._hash(rest)
+                sha256 = await self._digest()
                 await self._for_each_region(self._put, rest, sha256)
             else:
                 if rest:
                     self._start_part(rest)
                 await self._drain()
                 self._raise_error()
+                sha256 = await self._digest()
                 await self._for_each_region(self._complete, cutter.received, sha256)
             return Outcome(cutter.received, sha256)
         except BaseException:
@@ -291,17 +307,42 @@ class Transfer:
 
     # -- parts ---------------------------------------------------------
 
-    def _start_part(self, data: bytes) -> Deferred[None]:
+    def _hash(self, data: bytes | bytearray) -> Shared[None]:
+        """Add ``data`` to the archive's sha256, after the data before it."""
+        previous = self._hashed
+        self._hashed = Shared(Deferred.fromCoroutine(self._hash_after(previous, data)))
+        return self._hashed
+
+    async def _hash_after(self, previous: Shared[None], data: Any) -> None:
+        await previous.wait()
+        if self._offload is None:
+            self._hasher.update(data)
+        else:
+            await self._offload(self._hasher.update, data)
+
+    async def _digest(self) -> str:
+        """The sha256 of every byte received, once all of them are hashed."""
+        await self._hashed.wait()
+        return self._hasher.hexdigest()
+
+    def _start_part(self, data: bytes | bytearray) -> Deferred[None]:
         self._parts += 1
         number = self._parts
         offset = (number - 1) * self.part_size
-        d = Deferred.fromCoroutine(
-            self._for_each_region(self._store_part, number, offset, data)
-        )
+        hashing = self._hash(data)
+        d = Deferred.fromCoroutine(self._store_and_hash(number, offset, data, hashing))
         d.addErrback(self._part_failed)
         self._in_flight.add(d)
         d.addBoth(self._part_settled, d)
         return d
+
+    async def _store_and_hash(
+        self, number: int, offset: int, data: Any, hashing: Shared[None]
+    ) -> None:
+        """A part is done when stored everywhere and hashed: only then may
+        its memory go."""
+        await self._for_each_region(self._store_part, number, offset, data)
+        await hashing.wait()
 
     def _part_settled(self, result: object, d: Deferred[None]) -> object:
         self._in_flight.discard(d)
@@ -472,6 +513,7 @@ class Fetcher:
             window=self.window,
             on_progress=on_progress,
             clock=self.clock,
+            offload=self.storage.call,
         )
         limit = source.config.total_timeout
         run = Deferred.fromCoroutine(transfer.run())
