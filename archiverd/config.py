@@ -113,6 +113,8 @@ class PipelineConfig:
     part_size: int = 8 * MiB
     #: Parts of one task held in memory at once, across all its regions.
     parts_in_flight: int = 4
+    #: Bytes read from upstream's socket at a time (Twisted's default: 64 KiB).
+    read_size: int = MiB
 
 
 @dataclass(frozen=True)
@@ -325,6 +327,7 @@ def parse(raw: Mapping[str, Any]) -> Config:
     pipeline = top.table("pipeline")
     part_size = _integer(pipeline, "part_size", 8 * MiB, MIN_PART_SIZE, MAX_PART_SIZE)
     in_flight = _integer(pipeline, "parts_in_flight", 4, 1, 64)
+    read_size = _integer(pipeline, "read_size", MiB, 16 * 1024, 64 * MiB)
     pipeline.done()
 
     tasks = top.table("tasks")
@@ -341,7 +344,7 @@ def parse(raw: Mapping[str, Any]) -> Config:
         public_url,
         sources,
         storage,
-        PipelineConfig(part_size, in_flight),
+        PipelineConfig(part_size, in_flight, read_size),
         tasks_config,
         shutdown_grace,
     )

@@ -103,6 +103,7 @@ class Daemon(MultiService):
             config.pipeline.part_size,
             config.pipeline.parts_in_flight,
             reactor,
+            read_size=config.pipeline.read_size,
         )
         self.tasks = TaskService(
             reactor,
