@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CONFIG ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test unit integration bench lint clean
+.PHONY: install run test unit integration bench soak lint clean
 
 # Dependencies are installed once per change of setup.py or the requirement
 # files; the checkout itself is reinstalled every time (non-editable, so that
@@ -37,7 +37,14 @@ integration: install
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 bench: install
+	@command -v wrk >/dev/null || apt-get install -y wrk >/dev/null || \
+		{ echo "bench: wrk is needed (apt-get install wrk)" >&2; exit 1; }
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+soak: install
+	@command -v wrk >/dev/null || apt-get install -y wrk >/dev/null || \
+		{ echo "soak: wrk is needed (apt-get install wrk)" >&2; exit 1; }
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info archiverd-data .pytest_cache .hypothesis

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import random
@@ -112,7 +113,11 @@ class Source:
         self._resolving: dict[tuple[str, str], Shared[str]] = {}
 
     @staticmethod
-    def _url(template: str, request: ArchiveRequest) -> str:
+    @functools.cache
+    def _origin_of(template: str) -> tuple[str, str]:
+        return _origin(template.split("{", 1)[0] + "x")
+
+    def _url(self, template: str, request: ArchiveRequest) -> str:
         """The template filled in; it must keep the template's scheme and host."""
         url = template.format(
             repo=quote(request.repo, safe="/"),
@@ -120,9 +125,7 @@ class Source:
             suffix=quote(request.suffix, safe="."),
             subdir=quote(request.subdir, safe="/"),
         )
-        expected = urlsplit(template.split("{", 1)[0] + "x")
-        actual = urlsplit(url)
-        if (actual.scheme, actual.netloc) != (expected.scheme, expected.netloc):
+        if _origin(url) != self._origin_of(template):
             raise BadRequest("request does not fit the source's URL template")
         return url
 

@@ -42,6 +42,7 @@ from archiverd.keys import (
     parse_key,
 )
 from archiverd.sources import Source
+from archiverd.storage.cache import ExpiringLRU
 from archiverd.storage.files import FileStorage
 from archiverd.storage.service import StorageService
 from archiverd.tasks import SUCCESS_STATUS, State, TaskService
@@ -55,10 +56,15 @@ MAX_TASK_ID = 8 * MAX_NAME_LENGTH
 
 
 _SIGNATURE = re.compile(rb"(signature|X-Amz-Signature|X-Amz-Credential)=[^&\s]*", re.I)
+#: Cheap test first: most lines (every hit and poll) carry no secret.
+_SECRET_HINT = re.compile(rb"(?i)signature=|credential=")
 
 
 def access_log_formatter(timestamp: str, request: Any) -> str:
     """Twisted's combined log format, with URL signatures redacted."""
+    referer = request.getHeader(b"referer") or b""
+    if not (_SECRET_HINT.search(request.uri) or _SECRET_HINT.search(referer)):
+        return http.combinedLogFormatter(timestamp, request)
     return http.combinedLogFormatter(timestamp, _Redacted(request))
 
 
@@ -138,6 +144,10 @@ class ArchiverAPI:
         self.signed_url_expiry = signed_url_expiry
         self.public_url = public_url
         self.files = files
+        #: Finished tasks' status bodies, by task id, with the URLs in them.
+        self._rendered: ExpiringLRU[str, tuple[Any, dict[str, str], bytes]] = (
+            ExpiringLRU(10_000, 60.0, clock.seconds)
+        )
 
     def resource(self) -> Any:
         return _Utf8Guard(self.app.resource())
@@ -158,8 +168,21 @@ class ArchiverAPI:
 
     async def _signed_url(self, request: IRequest, region: str, key: str) -> str:
         url = await self.storage.signed_url(region, key, self.signed_url_expiry)
+        return self._absolute(request, url)
+
+    def _absolute(self, request: IRequest, url: str) -> str:
         # The file backend signs URLs relative to archiverd itself.
         return self._base_url(request) + url if url.startswith("/") else url
+
+    def _cached_urls(self, request: IRequest, key: str) -> dict[str, str] | None:
+        """Every region's signed URL if all are cached, else None."""
+        urls = {}
+        for region in self.storage.regions:
+            url = self.storage.cached_signed_url(region, key, self.signed_url_expiry)
+            if url is None:
+                return None
+            urls[region] = self._absolute(request, url)
+        return urls
 
     async def _signed_urls(self, request: IRequest, key: str) -> dict[str, str]:
         regions = self.storage.regions
@@ -197,10 +220,14 @@ class ArchiverAPI:
 
     @app.route("/archiver/<source>/<path:repo>/", methods=["GET", "HEAD"])
     @app.route("/archiver/<source>/<path:repo>/<rev>", methods=["GET", "HEAD"])
-    async def archive(
+    def archive(
         self, request: IRequest, source: str, repo: str, rev: str = ""
-    ) -> bytes:
-        """Redirect to the stored archive, or start fetching it (202)."""
+    ) -> bytes | Deferred[bytes]:
+        """Redirect to the stored archive, or start fetching it (202).
+
+        A hit whose answer is cached (the key known stored, a fresh signed
+        URL) is answered here and now; anything else goes the async way.
+        """
         upstream = self.sources.get(source)
         if upstream is None:
             raise NotFound(f"unknown source {source!r}")
@@ -212,15 +239,31 @@ class ArchiverAPI:
             subdir=_arg(request, "subdir"),
         )
         src_url = upstream.archive_url(wanted)  # refuses what escapes the template
-        wanted = await upstream.resolve(wanted)
-        src_url = upstream.archive_url(wanted)
-        key = wanted.key
         preferred = _arg(request, "preferred_region")
-        region = (
-            preferred
-            if preferred in self.storage.regions
-            else (self.storage.default_region)
+        regions = self.storage.regions
+        region = preferred if preferred in regions else self.storage.default_region
+        if not wanted.is_symbolic and self.storage.known(region, wanted.key):
+            url = self.storage.cached_signed_url(
+                region, wanted.key, self.signed_url_expiry
+            )
+            if url is not None:
+                return self._redirect_to(request, self._absolute(request, url))
+        return Deferred.fromCoroutine(
+            self._archive(request, upstream, wanted, src_url, region)
         )
+
+    async def _archive(
+        self,
+        request: IRequest,
+        upstream: Source,
+        wanted: ArchiveRequest,
+        src_url: str,
+        region: str,
+    ) -> bytes:
+        if wanted.is_symbolic:
+            wanted = await upstream.resolve(wanted)
+            src_url = upstream.archive_url(wanted)
+        key = wanted.key
 
         running = self.tasks.active(wanted.task_id)
         if running is not None and region in running.regions:
@@ -238,7 +281,9 @@ class ArchiverAPI:
         return self._accepted(request, task.task_id)
 
     async def _redirect(self, request: IRequest, region: str, key: str) -> bytes:
-        url = await self._signed_url(request, region, key)
+        return self._redirect_to(request, await self._signed_url(request, region, key))
+
+    def _redirect_to(self, request: IRequest, url: str) -> bytes:
         request.redirect(url.encode())
         request.setHeader("Content-Type", "text/html; charset=utf-8")
         link = html.escape(url)
@@ -252,8 +297,30 @@ class ArchiverAPI:
         return _json(request, {"result": {}}, 202)
 
     @app.route("/archiver/status/<task_id>", methods=["GET", "HEAD"])
-    async def status(self, request: IRequest, task_id: str) -> bytes:
-        """A task's state; s3_urls are signed now, so they are always fresh."""
+    def status(self, request: IRequest, task_id: str) -> bytes | Deferred[bytes]:
+        """A task's state; s3_urls are signed at poll time (or reused while
+        most of their validity remains), so they are never stale."""
+        task = self.tasks.get(task_id)
+        if task is None or task.state is State.SUCCESS:
+            urls = None if task is None else self._cached_urls(request, task.key)
+            if urls is None:
+                return Deferred.fromCoroutine(self._status(request, task_id))
+        else:
+            urls = {}
+        if task.done:
+            # A finished task's answer changes only with its URLs: render once.
+            rendered = self._rendered.get(task_id)
+            if rendered is not None and rendered[0] is task and rendered[1] == urls:
+                request.setHeader("Content-Type", "application/json")
+                return rendered[2]
+        result = task.describe(self.clock.seconds())
+        result["s3_urls"] = urls
+        body = _json(request, {"result": result})
+        if task.done:
+            self._rendered.put(task_id, (task, urls, body))
+        return body
+
+    async def _status(self, request: IRequest, task_id: str) -> bytes:
         task = self.tasks.get(task_id)
         if task is None:
             result = await self._status_from_storage(request, task_id)

@@ -95,11 +95,17 @@ class Daemon:
 
     workdir: Path
     config: str
+    #: The daemon's log: a file in workdir, or None to discard it (so that
+    #: the bytes the daemon writes to disk are only what archiving wrote).
+    log: bool = True
     proc: subprocess.Popen[bytes] = field(init=False)
     port: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        #: The daemon's TMPDIR: it must stay empty.
+        self.tmpdir = self.workdir / "tmp"
+        self.tmpdir.mkdir(exist_ok=True)
         path = self.workdir / "archiverd.toml"
         path.write_text(self.config)
         import socket
@@ -112,7 +118,7 @@ class Daemon:
                 str(BIN / "twistd"),
                 "-n",
                 "--pidfile=",
-                f"--logfile={self.workdir / 'twistd.log'}",
+                f"--logfile={self.workdir / 'twistd.log' if self.log else '-'}",
                 "archiverd",
                 "--config",
                 str(path),
@@ -120,7 +126,8 @@ class Daemon:
                 f"tcp:{self.port}:interface=127.0.0.1:backlog=1024",
             ],
             cwd=self.workdir,
-            env=env(),
+            env={**env(), "TMPDIR": str(self.tmpdir)},
+            stdout=subprocess.DEVNULL,
         )
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 30

@@ -106,9 +106,17 @@ class StorageService(Service):
             raise StorageError(f"storage is not available: {self._open_error}")
         return await deferToThreadPool(self._reactor, self._pool, fn, *args)
 
+    def known(self, region: str, key: str) -> bool:
+        """Whether the key was seen stored lately (no storage call)."""
+        return bool(self._known.get((region, key)))
+
+    def cached_signed_url(self, region: str, key: str, expires_in: int) -> str | None:
+        """A signed URL still fresh enough to hand out again, if any."""
+        return self._signed.get((region, key, expires_in))
+
     async def exists(self, region: str, key: str) -> bool:
         """Whether the key is stored; a yes is remembered (a no never is)."""
-        if self._known.get((region, key)):
+        if self.known(region, key):
             return True
         found = await self.call(self.storage.exists, region, key)
         if found:
@@ -118,7 +126,7 @@ class StorageService(Service):
     async def signed_url(self, region: str, key: str, expires_in: int) -> str:
         """A signed URL; one signed in the last ``signed_url_reuse`` seconds
         is handed out again (it then still has most of its validity)."""
-        cached = self._signed.get((region, key, expires_in))
+        cached = self.cached_signed_url(region, key, expires_in)
         if cached is not None:
             return cached
         url = await self.call(self.storage.signed_url, region, key, expires_in)
