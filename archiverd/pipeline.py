@@ -89,9 +89,12 @@ class PartCutter(Protocol):
         #: Fires (with None) when the body ends; then ``reason`` says how.
         self.finished: Deferred[None] = Deferred()
         self.reason: Failure | None = None
-        # The part being filled: each byte is copied once, into it.
+        # The part being filled: each byte is copied once, into it. Buffers
+        # of stored parts are filled again, so a transfer allocates at most
+        # window + 1 of them however long the archive (RSS stays flat).
         self._part = bytearray(part_size)
         self._filled = 0
+        self._spare: list[bytearray] = []
         self._unfinished = 0
         self._paused = False
         self._stopped = False
@@ -144,7 +147,7 @@ class PartCutter(Protocol):
                 break
             self._part[self._filled :] = view[:room]
             view = view[room:]
-            part, self._part, self._filled = self._part, bytearray(self.part_size), 0
+            part, self._part, self._filled = self._part, self._buffer(), 0
             self._emit(part)
         self.on_progress(self.received)
 
@@ -154,9 +157,16 @@ class PartCutter(Protocol):
             self._paused = True
             self._disarm()  # waiting on storage is not upstream's idleness
             self.transport.pauseProducing()  # type: ignore[union-attr]
-        self.on_part(part).addBoth(self._part_done)
+        self.on_part(part).addBoth(self._part_done, part)
 
-    def _part_done(self, _: object) -> None:
+    def _buffer(self) -> bytearray:
+        return self._spare.pop() if self._spare else bytearray(self.part_size)
+
+    def _part_done(self, _: object, part: bytearray) -> None:
+        # on_part's Deferred fires once every use of the part has ended, or on
+        # failure, after which nothing is cut again (stop() came first).
+        if not self._stopped:
+            self._spare.append(part)
         self._unfinished -= 1
         if self._paused and self._unfinished < self.window and not self._stopped:
             self._paused = False

@@ -41,6 +41,7 @@ from archiverd.keys import (
     key_for_task_id,
     parse_key,
 )
+from archiverd.shared import Shared
 from archiverd.sources import Source
 from archiverd.storage.cache import ExpiringLRU
 from archiverd.storage.files import FileStorage
@@ -144,6 +145,8 @@ class ArchiverAPI:
         self.signed_url_expiry = signed_url_expiry
         self.public_url = public_url
         self.files = files
+        #: Storage looks in progress, by key (see _look).
+        self._looking: dict[str, Shared[tuple[float, list[str]]]] = {}
         #: Finished tasks' status bodies, by task id, with the URLs in them.
         self._rendered: ExpiringLRU[str, tuple[Any, dict[str, str], bytes]] = (
             ExpiringLRU(10_000, 60.0, clock.seconds)
@@ -209,6 +212,25 @@ class ArchiverAPI:
             )
             return False
 
+    def _look(self, key: str) -> Deferred[tuple[float, list[str]]]:
+        """When storage was asked, and which regions hold the key.
+
+        Concurrent requests for one key share one look (a thousand clients
+        asking at once make one round of storage calls, not a thousand).
+        """
+        look = self._looking.get(key)
+        if look is None:
+            since = self.clock.seconds()
+
+            async def looking() -> tuple[float, list[str]]:
+                return since, await self._stored_in(key)
+
+            look = Shared(Deferred.fromCoroutine(looking()))
+            if not look.done:
+                self._looking[key] = look
+                look.wait().addBoth(lambda _: self._looking.pop(key, None))
+        return look.wait()
+
     async def _stored_in(self, key: str) -> list[str]:
         regions = self.storage.regions
         found = await gatherResults(
@@ -270,10 +292,7 @@ class ArchiverAPI:
             # Being fetched into this region right now: no storage call needed.
             return self._accepted(request, wanted.task_id)
 
-        since = self.clock.seconds()
-        if await self._exists(region, key):
-            return await self._redirect(request, region, key)
-        stored = await self._stored_in(key)
+        since, stored = await self._look(key)
         missing = [r for r in self.storage.regions if r not in stored]
         if region not in missing:
             return await self._redirect(request, region, key)

@@ -400,6 +400,50 @@ def pipeline_cost(runs: int) -> list[Row]:
     return rows
 
 
+def tuning(runs: int) -> list[Row]:
+    """Not in the default run: the measurements behind the pipeline defaults.
+
+    512 MiB, 2 regions, unthrottled; each setting against the defaults.
+    """
+    size = 512 * MIB
+    settings = [
+        ("part_size", 5 * MIB),
+        ("part_size", 16 * MIB),
+        ("parts_in_flight", 2),
+        ("parts_in_flight", 8),
+        ("read_size", 64 * 1024),
+        ("read_size", 256 * 1024),
+    ]
+    rows = []
+    with server(fixture("bench.upstream")) as up, server(fixture("bench.sink")) as sink:
+        default = config(up.url, sink.url, 2)
+        for name, value in settings:
+            changed = default.replace(f"{name} = ", f"{name} = {value}\n# ")
+            if name not in default:
+                changed = default.replace(
+                    "[pipeline]\n", f"[pipeline]\n{name} = {value}\n"
+                )
+            ratios = []
+            with (
+                Daemon(WORK / "tune-a", default) as a,
+                Daemon(WORK / f"tune-{name}-{value}", changed) as b,
+            ):
+                for _ in range(runs):
+                    base, _ = cold_fetch(a, f"/archiver/hgmo/bench/size-{size}/{rev()}")
+                    other, _ = cold_fetch(
+                        b, f"/archiver/hgmo/bench/size-{size}/{rev()}"
+                    )
+                    ratios.append(base / other)
+            rows.append(
+                Row(
+                    f"tuning: {name} = {value}, throughput ÷ defaults'",
+                    "report",
+                    ratios,
+                )
+            )
+    return rows
+
+
 SCENARIOS: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
     "overlap": lambda a: overlap_and_old_design(a.runs),
     "memory": lambda a: memory(a.runs),
@@ -410,7 +454,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
 }
 
 
-def write(rows: list[Row], started: float) -> None:
+def write(rows: list[Row], started: float, name: str = "results") -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     machine = (
         f"{platform.machine()}, {os_cpus()} cores, Python {platform.python_version()}"
@@ -421,7 +465,7 @@ def write(rows: list[Row], started: float) -> None:
         "seconds": round(time.monotonic() - started, 1),
         "rows": [r.as_dict() for r in rows],
     }
-    (RESULTS / "results.json").write_text(json.dumps(data, indent=2) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     lines = [
         "# archiverd benchmark results",
         "",
@@ -438,7 +482,7 @@ def write(rows: list[Row], started: float) -> None:
             f"| {r['name']} | {r['target']} | {r['median']}{unit} | {r['min']} | "
             f"{r['max']} | {met} | {r['notes']} |"
         )
-    (RESULTS / "results.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -452,7 +496,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5, help="per wrk run")
-    parser.add_argument("--only", action="append", choices=sorted(SCENARIOS))
+    parser.add_argument(
+        "--only", action="append", choices=sorted([*SCENARIOS, "tuning"])
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench: wrk is needed (apt-get install wrk)")
@@ -464,8 +510,9 @@ def main() -> None:
     rows: list[Row] = []
     for name in args.only or SCENARIOS:
         print(f"bench: {name} ...", flush=True)
-        rows += SCENARIOS[name](args)
-    write(rows, started)
+        rows += tuning(args.runs) if name == "tuning" else SCENARIOS[name](args)
+    partial = args.only is not None and set(args.only) != set(SCENARIOS)
+    write(rows, started, "partial" if partial else "results")
 
 
 if __name__ == "__main__":

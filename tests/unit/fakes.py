@@ -253,7 +253,7 @@ class RecordingStorage:
             self.held.append(held)
             await held.deferred
         self._check("upload_part", region, number)
-        upload.parts[number] = data
+        upload.parts[number] = bytes(data)  # the caller reuses its buffer
         return f"etag-{number}"
 
     def release(self, held: HeldPart | None = None) -> None:
@@ -355,7 +355,7 @@ class MemoryStorage:
         offset: int,
         data: bytes,
     ) -> str:
-        self._uploads[upload_id][number] = data
+        self._uploads[upload_id][number] = bytes(data)
         return str(number)
 
     def complete_upload(

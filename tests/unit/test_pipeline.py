@@ -54,7 +54,7 @@ class Cutting:
         self.cutter.makeConnection(self.transport)
 
     def _on_part(self, data: bytes) -> Deferred[None]:
-        self.parts.append(data)
+        self.parts.append(bytes(data))  # the cutter fills it again once done
         if self.instant:
             return succeed(None)
         d: Deferred[None] = Deferred()

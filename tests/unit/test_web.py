@@ -507,7 +507,7 @@ def test_a_hit_after_a_hit_makes_no_storage_call():
     first = world.get(f"/archiver/hgmo/projects/ash/{REV}")
     assert first.code == 302
     calls = list(world.storage.calls)
-    assert calls == ["exists", "signed_url"]
+    assert calls == ["exists", "exists", "signed_url"]  # every region, once
     for _ in range(10):
         again = world.get(f"/archiver/hgmo/projects/ash/{REV}")
         assert again.code == 302
@@ -545,3 +545,32 @@ def test_a_signed_url_is_reused_only_while_most_of_its_validity_remains():
     assert later != first
     expires = int(parse_qs(urlsplit(later).query)["Expires"][0])
     assert expires == world.clock.seconds() + 300
+
+
+def test_concurrent_cold_requests_share_one_look_at_storage():
+    """A thousand clients asking at once make one round of storage calls."""
+    world = World()
+    held: list[Deferred[None]] = []
+    inline = world.storage.call
+
+    async def slow_call(fn: Any, *args: Any) -> Any:
+        if fn.__name__ == "exists":
+            held.append(Deferred())
+            await held[-1]
+        return await inline(fn, *args)
+
+    world.storage.call = slow_call  # type: ignore[method-assign]
+    pending = [
+        world.http.get(
+            BASE + f"/archiver/hgmo/projects/ash/{REV}", allow_redirects=False
+        )
+        for _ in range(20)
+    ]
+    world.http.flush()
+    assert len(held) == len(REGIONS)
+    for d in held:
+        d.callback(None)
+    world.http.flush()
+    codes = {result_of(d).code for d in pending}
+    assert codes == {202}
+    assert len(world.runner.calls) == 1
