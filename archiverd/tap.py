@@ -24,6 +24,7 @@ from twisted.web.server import Site
 
 from archiverd import __version__
 from archiverd.config import Config, ConfigError, load
+from archiverd.memory import fix_mmap_threshold
 from archiverd.pipeline import Fetcher
 from archiverd.sources import Source
 from archiverd.storage.base import Storage
@@ -201,6 +202,7 @@ def makeService(options: Options) -> MultiService:
     except (ValueError, TypeError, KeyError) as e:
         raise _fail(f"config error: listen: bad endpoint {listen!r}: {e}") from None
 
+    fix_mmap_threshold()
     daemon = Daemon(config, reactor)
     try:
         daemon.open_files()
