@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.server import Site
 
 from archiverd import __version__
@@ -67,6 +67,10 @@ def build_storage(config: Config) -> Storage:
     return FileStorage(storage.file.root, storage.file.regions, storage.file.secret)
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):  # type: ignore[misc]
+    noisy = False
+
+
 def _fail(message: str) -> SystemExit:
     return SystemExit(f"archiverd: {message}")
 
@@ -94,6 +98,7 @@ class Daemon(MultiService):
         )
         self.files = backend if isinstance(backend, FileStorage) else None
         self.http_pool = HTTPConnectionPool(reactor)
+        self.http_pool._factory = _QuietClientFactory  # no log line per connection
         client = treq.client.HTTPClient(Agent(reactor, pool=self.http_pool))
         sources = {
             name: Source(sc, client, reactor) for name, sc in config.sources.items()

@@ -58,6 +58,9 @@ class Task:
     size: int | None = None
     sha256: str | None = None
     deferred: Deferred[None] | None = field(default=None, repr=False)
+    #: Once finished: the status body last rendered, and the URLs in it
+    #: (kept here so it lives and dies with the task).
+    rendered: tuple[dict[str, str], bytes] | None = field(default=None, repr=False)
 
     @property
     def task_id(self) -> str:

@@ -43,7 +43,6 @@ from archiverd.keys import (
 )
 from archiverd.shared import Shared
 from archiverd.sources import Source
-from archiverd.storage.cache import ExpiringLRU
 from archiverd.storage.files import FileStorage
 from archiverd.storage.service import StorageService
 from archiverd.tasks import SUCCESS_STATUS, State, TaskService
@@ -147,10 +146,6 @@ class ArchiverAPI:
         self.files = files
         #: Storage looks in progress, by key (see _look).
         self._looking: dict[str, Shared[tuple[float, list[str]]]] = {}
-        #: Finished tasks' status bodies, by task id, with the URLs in them.
-        self._rendered: ExpiringLRU[str, tuple[Any, dict[str, str], bytes]] = (
-            ExpiringLRU(10_000, 60.0, clock.seconds)
-        )
 
     def resource(self) -> Any:
         return _Utf8Guard(self.app.resource())
@@ -326,17 +321,15 @@ class ArchiverAPI:
                 return Deferred.fromCoroutine(self._status(request, task_id))
         else:
             urls = {}
-        if task.done:
+        if task.done and task.rendered is not None and task.rendered[0] == urls:
             # A finished task's answer changes only with its URLs: render once.
-            rendered = self._rendered.get(task_id)
-            if rendered is not None and rendered[0] is task and rendered[1] == urls:
-                request.setHeader("Content-Type", "application/json")
-                return rendered[2]
+            request.setHeader("Content-Type", "application/json")
+            return task.rendered[1]
         result = task.describe(self.clock.seconds())
         result["s3_urls"] = urls
         body = _json(request, {"result": result})
         if task.done:
-            self._rendered.put(task_id, (task, urls, body))
+            task.rendered = (urls, body)
         return body
 
     async def _status(self, request: IRequest, task_id: str) -> bytes:

@@ -120,12 +120,8 @@ def soak(d: Daemon, args: argparse.Namespace, workdir: Path) -> dict[str, object
     first = [rss for t, rss in samples if t < half]
     second = [rss for t, rss in samples if t >= half]
     growth = statistics.mean(second) / statistics.mean(first) - 1
-    sizes = [
-        int(m.group(1))
-        for m in re.finditer(
-            r"task table: (\d+) of", (workdir / "twistd.log").read_text()
-        )
-    ]
+    logs = "".join(p.read_text() for p in workdir.glob("twistd.log*"))
+    sizes = [int(m.group(1)) for m in re.finditer(r"task table: (\d+) of", logs)]
     wrk_errors = sum(r["non_2xx_3xx"] + r["socket_errors"] for r in results.values())
     report = {
         "seconds": args.seconds,
