@@ -207,7 +207,12 @@ def makeService(options: Options) -> MultiService:
     except (ValueError, TypeError, KeyError) as e:
         raise _fail(f"config error: listen: bad endpoint {listen!r}: {e}") from None
 
-    fix_mmap_threshold()
+    # Part buffers above the threshold (given back when freed), socket reads
+    # below it (reused from the heap without a system call each).
+    fix_mmap_threshold(
+        min(config.pipeline.part_size // 2, 32 * 1024 * 1024),
+        trim=4 * config.pipeline.read_size,
+    )
     daemon = Daemon(config, reactor)
     try:
         daemon.open_files()

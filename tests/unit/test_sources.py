@@ -3,6 +3,7 @@ against a fake hgweb served through StubTreq."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import pytest
@@ -19,9 +20,16 @@ from fakes import (
 )
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.error import (
+    ConnectionLost,
+    ConnectionRefusedError,
+    DNSLookupError,
+)
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseNeverReceived
 
 from archiverd.config import DEFAULT_URL_TEMPLATE, SourceConfig
 from archiverd.errors import BadRequest, UpstreamRefused, UpstreamUnavailable
@@ -317,3 +325,45 @@ def test_cancelling_a_get_waiting_to_retry_is_a_cancellation() -> None:
     failure_of(d, CancelledError)
     clock.advance(10)
     assert len(upstream.requests) == 1
+
+
+class _FailingClient:
+    """A client whose requests fail to connect ``failures`` times, then pass."""
+
+    def __init__(self, error: Exception, failures: int, then: object) -> None:
+        self.error, self.failures, self.then, self.calls = error, failures, then, 0
+
+    def get(self, url: str, **kwargs: object) -> Deferred[object]:
+        self.calls += 1
+        if self.calls <= self.failures:
+            return fail(self.error)
+        return succeed(self.then)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        DNSLookupError("no results for hostname lookup: hg.invalid"),
+        ConnectionRefusedError(),
+        ResponseNeverReceived([Failure(ConnectionLost())]),  # reset before headers
+    ],
+)
+def test_unknown_hosts_refusals_and_resets_are_retried_then_reported(error) -> None:
+    clock = Clock()
+    client = _FailingClient(error, failures=10, then=None)
+    src = Source(hgmo(retries=2, retry_backoff=1.0), client, clock, jitter=lambda: 0.5)
+    with capturedLogs():
+        d = started(src.get(URL))
+        clock.pump([1, 2])
+    failure = failure_of(d, UpstreamUnavailable)
+    assert str(failure.value).startswith(f"cannot reach hg.mozilla.org for {URL}: ")
+    assert str(failure.value).endswith("(after 3 attempts)")
+    assert client.calls == 3
+
+    ok = SimpleNamespace(code=200)
+    client = _FailingClient(error, failures=1, then=ok)
+    src = Source(hgmo(retries=2, retry_backoff=1.0), client, clock, jitter=lambda: 0.5)
+    with capturedLogs():
+        d = started(src.get(URL))
+        clock.advance(1)
+    assert result_of(d) is ok
