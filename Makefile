@@ -27,8 +27,13 @@ install: $(VENV)/.deps
 run: install
 	$(BIN)/twistd -n --pidfile= archiverd $(if $(CONFIG),--config $(CONFIG))
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check archiverd bench tests twisted
+	$(BIN)/ruff format --check archiverd bench tests twisted
+	$(BIN)/mypy archiverd
 
 unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

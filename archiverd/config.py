@@ -204,7 +204,7 @@ def _template(name: str, value: str, required: set[str]) -> str:
         raise ConfigError(f"{name}: {e}") from None
     if any(spec or conversion for _, _, spec, conversion in parsed):
         raise ConfigError(f"{name}: placeholders take no conversion or format spec")
-    fields = {f for _, f, _, _ in parsed}
+    fields = {f for _, f, _, _ in parsed if f is not None}
     if not fields <= TEMPLATE_FIELDS:
         unknown = ", ".join(sorted(fields - TEMPLATE_FIELDS))
         raise ConfigError(f"{name}: unknown placeholder {unknown}")

@@ -65,7 +65,7 @@ class PartCutter(Protocol):
         self,
         part_size: int,
         window: int,
-        on_part: Callable[[bytes], Deferred[None]],
+        on_part: Callable[[bytearray], Deferred[None]],
         on_progress: Callable[[int], None],
         *,
         limit: int | None = None,
@@ -185,7 +185,7 @@ class PartCutter(Protocol):
             self.stopped_for = why
             self._part, self._filled = bytearray(), 0
             if self.transport is not None and not self._lost:
-                self.transport.stopProducing()
+                self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: Failure = _DONE) -> None:  # type: ignore[override]
         self._lost = True

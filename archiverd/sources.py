@@ -46,7 +46,7 @@ class _LimitedReader(Protocol):
 
     def connectionMade(self) -> None:
         if self.limit <= 0 and self.transport is not None:
-            self.transport.stopProducing()
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
         if self.size >= self.limit:
@@ -54,7 +54,7 @@ class _LimitedReader(Protocol):
         self.chunks.append(data[: self.limit - self.size])
         self.size += len(self.chunks[-1])
         if self.size >= self.limit and self.transport is not None:
-            self.transport.stopProducing()
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: Failure = _DONE) -> None:  # type: ignore[override]
         body = b"".join(self.chunks)

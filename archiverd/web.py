@@ -321,6 +321,7 @@ class ArchiverAPI:
                 return Deferred.fromCoroutine(self._status(request, task_id))
         else:
             urls = {}
+        assert task is not None  # no task: answered the async way above
         if task.done and task.rendered is not None and task.rendered[0] == urls:
             # A finished task's answer changes only with its URLs: render once.
             request.setHeader("Content-Type", "application/json")
@@ -387,8 +388,8 @@ class ArchiverAPI:
         request.setHeader("Content-Disposition", stored.content_disposition)
         request.setHeader("Cache-Control", "private, max-age=3600, immutable")
         resource = static.File(str(stored.path), defaultType=stored.content_type)
-        resource.type = stored.content_type
-        resource.encoding = None
+        resource.type = stored.content_type  # type: ignore[assignment]
+        resource.encoding = None  # type: ignore[assignment]
         # The key spans several path segments; the file is this leaf itself.
         request.prepath.extend(request.postpath)
         request.postpath = []

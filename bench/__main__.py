@@ -511,8 +511,13 @@ def main() -> None:
     for name in args.only or SCENARIOS:
         print(f"bench: {name} ...", flush=True)
         rows += tuning(args.runs) if name == "tuning" else SCENARIOS[name](args)
-    partial = args.only is not None and set(args.only) != set(SCENARIOS)
-    write(rows, started, "partial" if partial else "results")
+    if args.only == ["tuning"]:
+        name = "tuning"
+    elif args.only is not None and set(args.only) != set(SCENARIOS):
+        name = "partial"
+    else:
+        name = "results"
+    write(rows, started, name)
 
 
 if __name__ == "__main__":

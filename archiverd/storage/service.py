@@ -58,7 +58,7 @@ class StorageService(Service):
         )
         # Daemon threads: a call stuck past the shutdown grace period must
         # not keep the process alive (see abandon()).
-        self._pool.threadFactory = _daemon_thread
+        self._pool.threadFactory = _daemon_thread  # type: ignore[assignment]
         self._opened = False
         self._open_error: BaseException | None = None
         self._waiters: list[Deferred[None]] = []
