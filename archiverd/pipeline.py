@@ -89,10 +89,13 @@ class PartCutter(Protocol):
         #: Fires (with None) when the body ends; then ``reason`` says how.
         self.finished: Deferred[None] = Deferred()
         self.reason: Failure | None = None
-        # The part being filled: each byte is copied once, into it. Buffers
-        # of stored parts are filled again, so a transfer allocates at most
-        # window + 1 of them however long the archive (RSS stays flat).
-        self._part = bytearray(part_size)
+        # Each byte is copied once: into a stored part's buffer, filled again
+        # in place, or (until one is free) from the chunks kept as they came,
+        # joined into a new buffer once a whole part is there. So a transfer
+        # holds at most window + 1 buffers however long the archive, and an
+        # archive smaller than a part never allocates one.
+        self._part: bytearray | None = None
+        self._chunks: list[bytes] = []
         self._filled = 0
         self._spare: list[bytearray] = []
         self._unfinished = 0
@@ -140,16 +143,25 @@ class PartCutter(Protocol):
         self.received += len(data)
         view = memoryview(data)
         while view:
-            room = self.part_size - self._filled
-            if len(view) < room:
-                self._part[self._filled : self._filled + len(view)] = view
-                self._filled += len(view)
-                break
-            self._part[self._filled :] = view[:room]
-            view = view[room:]
-            part, self._part, self._filled = self._part, self._buffer(), 0
-            self._emit(part)
+            take = view[: self.part_size - self._filled]
+            if self._part is not None:
+                self._part[self._filled : self._filled + len(take)] = take
+            else:
+                self._chunks.append(data if len(take) == len(data) else bytes(take))
+            self._filled += len(take)
+            view = view[len(take) :]
+            if self._filled == self.part_size:
+                self._emit(self._take_part())
         self.on_progress(self.received)
+
+    def _take_part(self) -> bytearray:
+        part = self._part
+        if part is None:
+            part = bytearray().join(self._chunks)
+            self._chunks = []
+        self._part = self._spare.pop() if self._spare else None
+        self._filled = 0
+        return part
 
     def _emit(self, part: bytearray) -> None:
         self._unfinished += 1
@@ -159,14 +171,14 @@ class PartCutter(Protocol):
             self.transport.pauseProducing()  # type: ignore[union-attr]
         self.on_part(part).addBoth(self._part_done, part)
 
-    def _buffer(self) -> bytearray:
-        return self._spare.pop() if self._spare else bytearray(self.part_size)
-
     def _part_done(self, _: object, part: bytearray) -> None:
         # on_part's Deferred fires once every use of the part has ended, or on
         # failure, after which nothing is cut again (stop() came first).
         if not self._stopped:
-            self._spare.append(part)
+            if self._part is None and not self._chunks:
+                self._part = part  # nothing kept as chunks yet: fill it now
+            else:
+                self._spare.append(part)
         self._unfinished -= 1
         if self._paused and self._unfinished < self.window and not self._stopped:
             self._paused = False
@@ -175,7 +187,9 @@ class PartCutter(Protocol):
 
     def rest(self) -> bytes:
         """What is left after the last full part."""
-        return bytes(self._part[: self._filled])
+        if self._part is not None:
+            return bytes(self._part[: self._filled])
+        return b"".join(self._chunks)
 
     def stop(self, why: str | None = None) -> None:
         """Drop the connection; no more parts will be cut."""
@@ -183,7 +197,7 @@ class PartCutter(Protocol):
         if not self._stopped:
             self._stopped = True
             self.stopped_for = why
-            self._part, self._filled = bytearray(), 0
+            self._part, self._chunks, self._spare, self._filled = None, [], [], 0
             if self.transport is not None and not self._lost:
                 self.transport.stopProducing()  # type: ignore[attr-defined]
 

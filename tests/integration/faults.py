@@ -19,6 +19,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Self
 from urllib.parse import parse_qs, urlsplit
 
 LOOPBACK = "127.0.0.1"
@@ -40,10 +41,10 @@ def _reset(sock: socket.socket) -> None:
 
 class _UpstreamHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: _UpstreamServer
+    server: _Server
 
     def do_GET(self) -> None:  # noqa: N802
-        upstream = self.server.upstream
+        upstream = self.server.owner
         behaviour = upstream.next_behaviour(self.path)
         getattr(self, "_" + behaviour.split(":")[0])(behaviour)
 
@@ -51,7 +52,7 @@ class _UpstreamHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
     def _ok(self, behaviour: str) -> None:
-        body = body_bytes(self.server.upstream.nbytes)
+        body = body_bytes(self.server.owner.nbytes)
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Transfer-Encoding", "chunked")
@@ -76,7 +77,7 @@ class _UpstreamHandler(http.server.BaseHTTPRequestHandler):
 
     def _stall_headers(self, behaviour: str) -> None:
         """Accept, then never answer."""
-        self.server.upstream.release.wait(60)
+        self.server.owner.release.wait(60)
         self.close_connection = True
 
     def _stall_body(self, behaviour: str) -> None:
@@ -87,7 +88,7 @@ class _UpstreamHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self._chunk(body_bytes(sent))
         self.wfile.flush()
-        self.server.upstream.release.wait(60)
+        self.server.owner.release.wait(60)
         self.close_connection = True
 
     def _trickle(self, behaviour: str) -> None:
@@ -96,7 +97,7 @@ class _UpstreamHandler(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        while not self.server.upstream.release.wait(interval):
+        while not self.server.owner.release.wait(interval):
             try:
                 self._chunk(b"x")
                 self.wfile.flush()
@@ -106,7 +107,7 @@ class _UpstreamHandler(http.server.BaseHTTPRequestHandler):
 
     def _short(self, behaviour: str) -> None:
         """Promise `nbytes` in Content-Length, send half, close."""
-        nbytes = self.server.upstream.nbytes
+        nbytes = self.server.owner.nbytes
         self.send_response(200)
         self.send_header("Content-Length", str(nbytes))
         self.end_headers()
@@ -126,18 +127,43 @@ class _UpstreamHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class _UpstreamServer(http.server.ThreadingHTTPServer):
+class _Server(http.server.ThreadingHTTPServer):
+    """A threaded loopback server whose handlers reach ``owner``."""
+
     daemon_threads = True
 
-    def __init__(self, upstream: FaultyUpstream) -> None:
-        super().__init__((LOOPBACK, 0), _UpstreamHandler)
-        self.upstream = upstream
+    def __init__(self, owner: _Background, handler: type) -> None:
+        super().__init__((LOOPBACK, 0), handler)
+        self.owner = owner
 
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # clients hanging up on a stalled answer are expected
 
 
-class FaultyUpstream:
+class _Background:
+    """Serves ``handler`` from a daemon thread while in a ``with`` block."""
+
+    def __init__(self, handler: type) -> None:
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+        self._server = _Server(self, handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{LOOPBACK}:{self._server.server_port}"
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class FaultyUpstream(_Background):
     """An upstream whose answers follow a script, then are 'ok'.
 
     Behaviours: ``ok``, ``status:503``, ``reset``, ``stall_headers``,
@@ -145,18 +171,11 @@ class FaultyUpstream:
     """
 
     def __init__(self, script: list[str] | None = None, nbytes: int = MIB) -> None:
+        super().__init__(_UpstreamHandler)
         self.script = list(script or [])
         self.nbytes = nbytes
         self.paths: list[str] = []
         self.times: list[float] = []
-        self.release = threading.Event()
-        self._lock = threading.Lock()
-        self._server = _UpstreamServer(self)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{LOOPBACK}:{self._server.server_port}"
 
     @property
     def url_template(self) -> str:
@@ -172,15 +191,6 @@ class FaultyUpstream:
             self.paths.append(path)
             self.times.append(time.monotonic())
             return self.script.pop(0) if self.script else "ok"
-
-    def __enter__(self) -> FaultyUpstream:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release.set()
-        self._server.shutdown()
-        self._server.server_close()
 
 
 @dataclass
@@ -211,10 +221,10 @@ class S3Fault:
 
 class _S3Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: _S3Server
+    server: _Server
 
     def _forward(self) -> None:
-        proxy = self.server.proxy
+        proxy = self.server.owner
         if proxy.down:  # as unreachable as a server can be while listening
             _reset(self.connection)
             self.close_connection = True
@@ -263,15 +273,7 @@ class _S3Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class _S3Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, proxy: FaultyS3) -> None:
-        super().__init__((LOOPBACK, 0), _S3Handler)
-        self.proxy = proxy
-
-
-class FaultyS3:
+class FaultyS3(_Background):
     """A path-style S3 proxy in front of moto that injects :class:`S3Fault`s.
 
     Signatures stay valid: botocore signs for the proxy's host, and moto does
@@ -279,17 +281,14 @@ class FaultyS3:
     """
 
     def __init__(self, target_endpoint: str) -> None:
+        super().__init__(_S3Handler)
         self.target_port = urlsplit(target_endpoint).port
         self.faults: list[S3Fault] = []
         self.down = False
-        self.release = threading.Event()
-        self._lock = threading.Lock()
-        self._server = _S3Server(self)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def endpoint_url(self) -> str:
-        return f"http://{LOOPBACK}:{self._server.server_port}"
+        return self.base_url
 
     def fault_for(
         self, method: str, bucket: str, query: dict[str, list[str]]
@@ -302,12 +301,3 @@ class FaultyS3:
                         fault.times -= 1
                     return fault
         return None
-
-    def __enter__(self) -> FaultyS3:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release.set()
-        self._server.shutdown()
-        self._server.server_close()
