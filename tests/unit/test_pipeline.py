@@ -543,3 +543,27 @@ def test_a_fetch_longer_than_total_timeout_is_unavailable_and_aborted() -> None:
     assert "stop" in response.transport.calls
     assert sorted(states(storage).values()) == ["aborted", "aborted"]
     assert clock.getDelayedCalls() == []
+
+
+def test_a_body_smaller_than_a_part_never_allocates_a_part() -> None:
+    """Many small archives at once must not each cost a whole part of memory."""
+    import tracemalloc
+
+    parts: list[bytes] = []
+    tracemalloc.start()
+    try:
+        cutter = PartCutter(
+            64 * 1024 * 1024,
+            4,
+            lambda p: parts.append(p) or succeed(None),
+            lambda received: None,
+        )
+        cutter.makeConnection(FakeBodyTransport())
+        for _ in range(16):
+            cutter.dataReceived(b"x" * 1024)
+        rest = cutter.rest()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert rest == b"x" * 16 * 1024 and parts == []
+    assert peak < 1024 * 1024, peak
