@@ -120,14 +120,6 @@ class FileStorage:
             return None
         return StoredFile(path, size, meta["content_type"], meta["content_disposition"])
 
-    def metadata(self, region: str, key: str) -> dict[str, object] | None:
-        try:
-            path = self._object_path(region, key).with_suffix(".json")
-            meta: dict[str, object] = json.loads(path.read_text())
-            return meta
-        except (OSError, ValueError):
-            return None
-
     # -- signing ---------------------------------------------------------
 
     def _signature(self, region: str, key: str, expires: int) -> str:
