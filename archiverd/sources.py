@@ -207,6 +207,16 @@ class Source:
             if timer.active():
                 timer.cancel()
 
+    async def check(self, timeout: float) -> None:
+        """Raise unless upstream's host answers (any HTTP answer will do)."""
+        scheme, netloc = self._origin_of(self.config.url_template)
+        d = self._client.get(
+            f"{scheme}://{netloc}/", unbuffered=True, allow_redirects=False
+        )
+        d.addTimeout(timeout, self._clock)
+        response = await d
+        await read_limited(response, 0)
+
     async def refusal(self, response: Any, url: str) -> UpstreamRefused:
         """The error to report for a 403/404/410 answer, quoting upstream."""
         try:

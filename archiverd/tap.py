@@ -24,6 +24,7 @@ from twisted.web.server import Site
 
 from archiverd import __version__
 from archiverd.config import Config, ConfigError, load
+from archiverd.health import Health
 from archiverd.memory import fix_mmap_threshold
 from archiverd.pipeline import Fetcher
 from archiverd.sources import Source
@@ -126,6 +127,7 @@ class Daemon(MultiService):
             signed_url_expiry=config.storage.signed_url_expiry,
             public_url=config.public_url,
             files=self.files,
+            health=Health(self.storage, sources, reactor),
         )
         self.storage.setServiceParent(self)
         self.tasks.setServiceParent(self)

@@ -35,6 +35,7 @@ from archiverd.errors import (
     UpstreamRefused,
     UpstreamUnavailable,
 )
+from archiverd.health import Health, version_info
 from archiverd.keys import (
     MAX_NAME_LENGTH,
     ArchiveRequest,
@@ -136,7 +137,9 @@ class ArchiverAPI:
         signed_url_expiry: int = 300,
         public_url: str | None = None,
         files: FileStorage | None = None,
+        health: Health | None = None,
     ) -> None:
+        self.health = health
         self.sources = sources
         self.storage = storage
         self.tasks = tasks
@@ -394,6 +397,25 @@ class ArchiverAPI:
         request.prepath.extend(request.postpath)
         request.postpath = []
         return resource
+
+    # -- Dockerflow ------------------------------------------------------
+
+    @app.route("/__lbheartbeat__", methods=["GET", "HEAD"])
+    def lbheartbeat(self, request: IRequest) -> bytes:
+        """200 whenever the process serves: for load balancers."""
+        return _json(request, {"status": "ok"})
+
+    @app.route("/__heartbeat__", methods=["GET", "HEAD"])
+    async def heartbeat(self, request: IRequest) -> bytes:
+        """Storage in every region and every upstream, checked; 500 if any fails."""
+        if self.health is None:
+            raise NotFound("no health checks configured")
+        healthy, body = await self.health.heartbeat()
+        return _json(request, body, 200 if healthy else 500)
+
+    @app.route("/__version__", methods=["GET", "HEAD"])
+    def version(self, request: IRequest) -> bytes:
+        return _json(request, version_info())
 
     # -- errors ----------------------------------------------------------
 

@@ -35,6 +35,9 @@ class Storage(Protocol):
     def close(self) -> None:
         """Release what :meth:`open` took."""
 
+    def check(self, region: str) -> None:
+        """Raise if the region's storage cannot be used (for health checks)."""
+
     def exists(self, region: str, key: str) -> bool:
         """True when a complete object is stored under ``key``."""
 

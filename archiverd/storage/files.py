@@ -105,6 +105,11 @@ class FileStorage:
 
     # -- reading ---------------------------------------------------------
 
+    def check(self, region: str) -> None:
+        partial = self._region(region) / PARTIAL
+        if not os.access(partial, os.W_OK | os.X_OK):
+            raise PermissionError(f"{partial} is not writable")
+
     def exists(self, region: str, key: str) -> bool:
         return self._object_path(region, key).is_file()
 

@@ -75,6 +75,10 @@ class S3Storage:
     def _call(self, region: str) -> tuple[Any, str]:
         return self._clients[region], self.buckets[region]
 
+    def check(self, region: str) -> None:
+        client, bucket = self._call(region)
+        client.head_bucket(Bucket=bucket)
+
     def exists(self, region: str, key: str) -> bool:
         client, bucket = self._call(region)
         try:

@@ -106,6 +106,10 @@ class StorageService(Service):
             raise StorageError(f"storage is not available: {self._open_error}")
         return await deferToThreadPool(self._reactor, self._pool, fn, *args)
 
+    async def check(self, region: str) -> None:
+        """Raise if the region's storage cannot be used."""
+        await self.call(self.storage.check, region)
+
     def known(self, region: str, key: str) -> bool:
         """Whether the key was seen stored lately (no storage call)."""
         return bool(self._known.get((region, key)))

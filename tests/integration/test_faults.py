@@ -400,3 +400,31 @@ async def test_a_full_table_of_unfinished_work_answers_503(
     assert (await d.get("/archiver/hgmo/r/000000000001")).code == 202
     upstream.release.set()
     await task.deferLater(reactor, 0, lambda: None)
+
+
+# -- health --------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_heartbeat_reports_storage_and_upstream_for_real(
+    hgweb, s3_buckets, faulty_s3, start_archiverd
+):
+    """Real hgweb and moto: ok; a region's storage down: 500 naming it."""
+    d = await start_archiverd(
+        _config(hgweb.url_template, s3_buckets, faulty_s3.endpoint_url)
+    )
+    code, body = await d.get_json("/__heartbeat__")
+    assert (code, body["status"]) == (200, "ok"), body
+    assert set(body["checks"]) == {
+        "storage:us-east-1",
+        "storage:us-west-2",
+        "upstream:hgmo",
+    }
+
+    faulty_s3.down = True
+    code, body = await d.get_json("/__heartbeat__")
+    assert code == 500
+    assert body["checks"]["storage:us-east-1"] == "error"
+    assert body["checks"]["upstream:hgmo"] == "ok"
+    code, body = await d.get_json("/__lbheartbeat__")
+    assert code == 200

@@ -327,6 +327,10 @@ class MemoryStorage:
     def close(self) -> None:
         pass
 
+    def check(self, region: str) -> None:
+        if region in self.broken:
+            raise OSError(f"{region} is unreachable")
+
     def exists(self, region: str, key: str) -> bool:
         if region in self.broken:
             raise OSError(f"{region} is unreachable")

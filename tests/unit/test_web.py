@@ -25,7 +25,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import capturedLogs
 
+from archiverd import __version__
 from archiverd.config import SourceConfig
+from archiverd.health import Health
 from archiverd.keys import ArchiveRequest
 from archiverd.sources import Source
 from archiverd.storage.base import ObjectInfo
@@ -96,6 +98,7 @@ class World:
             signed_url_expiry=300,
             public_url=public_url,
             files=files,
+            health=Health(self.storage, {"hgmo": hgmo}, self.clock),
         )
         self.http = StubTreq(self.api.resource())
 
@@ -574,3 +577,48 @@ def test_concurrent_cold_requests_share_one_look_at_storage():
     codes = {result_of(d).code for d in pending}
     assert codes == {202}
     assert len(world.runner.calls) == 1
+
+
+# -- Dockerflow ----------------------------------------------------------------
+
+
+def test_lbheartbeat_answers_whenever_the_process_serves():
+    world = World()
+    world.backend.broken.add(REGIONS[0])
+    answer = world.get("/__lbheartbeat__")
+    assert (answer.code, answer.json) == (200, {"status": "ok"})
+
+
+def test_heartbeat_checks_every_region_and_upstream():
+    world = World()
+    answer = world.get("/__heartbeat__")
+    assert answer.code == 200
+    assert answer.json == {
+        "status": "ok",
+        "checks": {
+            "storage:us-east-1": "ok",
+            "storage:us-west-2": "ok",
+            "upstream:hgmo": "ok",
+        },
+        "details": {},
+    }
+    assert world.hgweb.requests == ["/"]
+
+
+def test_heartbeat_is_a_500_naming_the_failed_check():
+    world = World()
+    world.backend.broken.add("us-west-2")
+    answer = world.get("/__heartbeat__")
+    assert answer.code == 500
+    body = answer.json
+    assert body["status"] == "error"
+    assert body["checks"]["storage:us-west-2"] == "error"
+    assert body["checks"]["storage:us-east-1"] == "ok"
+    assert "us-west-2 is unreachable" in body["details"]["storage:us-west-2"]["message"]
+
+
+def test_version_names_source_version_and_commit():
+    answer = World().get("/__version__")
+    assert answer.code == 200
+    assert set(answer.json) == {"source", "version", "commit", "build"}
+    assert answer.json["version"] == __version__
