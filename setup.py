@@ -59,6 +59,7 @@ setup(
         "treq>=24.9",
         "klein>=24.8",
         "botocore>=1.36",
+        "prometheus-client>=0.20",
     ],
     cmdclass={"build_py": BuildWithVersion},
 )

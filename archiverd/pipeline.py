@@ -43,6 +43,7 @@ from twisted.web.http import PotentialDataLoss
 
 from archiverd.errors import StorageError, UpstreamError, UpstreamUnavailable
 from archiverd.keys import ArchiveRequest
+from archiverd.metrics import Metrics
 from archiverd.shared import Shared
 from archiverd.sources import REFUSALS, Source, read_limited
 from archiverd.storage.base import ObjectInfo
@@ -227,7 +228,10 @@ class Transfer:
         clock: IReactorTime | None = None,
         offload: Callable[..., Awaitable[Any]] | None = None,
         read_size: int | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
+        self._counted = 0
         self.source = source
         self.read_size = read_size
         #: Runs CPU work (sha256 of each part) off the reactor thread; parts
@@ -256,7 +260,10 @@ class Transfer:
 
     async def run(self) -> Outcome:
         """Download and store; raises on any failure, leaving nothing behind."""
+        asked = self.clock.seconds() if self.clock is not None else None
         response = await self.source.get(self.url)
+        if asked is not None and self.clock is not None:
+            self.metrics.upstream_ttfb.observe(self.clock.seconds() - asked)
         if response.code in REFUSALS:
             raise await self.source.refusal(response, self.url)
         if response.code != 200:
@@ -269,7 +276,7 @@ class Transfer:
             self.part_size,
             self.window,
             self._start_part,
-            self.on_progress,
+            self._progress,
             limit=limits.max_archive_bytes,
             clock=self.clock,
             idle_timeout=limits.idle_timeout,
@@ -326,6 +333,11 @@ class Transfer:
         while self._calls:
             await DeferredList(list(self._calls), consumeErrors=True)
         await self._abort_uploads()
+
+    def _progress(self, received: int) -> None:
+        self.metrics.upstream_bytes.inc(received - self._counted)
+        self._counted = received
+        self.on_progress(received)
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -426,11 +438,13 @@ class Transfer:
             data,
         )
         self._etags[region].append((number, etag))
+        self.metrics.uploaded_bytes.labels(region).inc(len(data))
 
     async def _put(self, region: str, data: bytes, sha256: str) -> None:
         await self._storage_call(
             region, self.storage.put, region, self.key, data, self.info, sha256
         )
+        self.metrics.uploaded_bytes.labels(region).inc(len(data))
         self._completed.add(region)
 
     async def _complete(self, region: str, size: int, sha256: str) -> None:
@@ -462,9 +476,13 @@ class Transfer:
         call.addBoth(self._call_settled, call)
         try:
             return await _shielded(call)
-        except (StorageError, CancelledError):
+        except CancelledError:
+            raise
+        except StorageError:
+            self.metrics.storage_errors.labels(region).inc()
             raise
         except Exception as e:
+            self.metrics.storage_errors.labels(region).inc()
             raise StorageError(f"storage in {region} failed: {_describe(e)}") from e
 
     async def _abort_uploads(self) -> None:
@@ -533,7 +551,9 @@ class Fetcher:
         window: int,
         clock: IReactorTime,
         read_size: int | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.clock = clock
         self.read_size = read_size
         self.sources = sources
@@ -554,6 +574,7 @@ class Fetcher:
             clock=self.clock,
             offload=self.storage.call,
             read_size=self.read_size,
+            metrics=self.metrics,
         )
         limit = source.config.total_timeout
         run = Deferred.fromCoroutine(transfer.run())

@@ -26,6 +26,7 @@ from archiverd import __version__
 from archiverd.config import Config, ConfigError, load
 from archiverd.health import Health
 from archiverd.memory import fix_mmap_threshold
+from archiverd.metrics import Metrics
 from archiverd.pipeline import Fetcher
 from archiverd.sources import Source
 from archiverd.storage.base import Storage
@@ -104,6 +105,7 @@ class Daemon(MultiService):
         sources = {
             name: Source(sc, client, reactor) for name, sc in config.sources.items()
         }
+        self.metrics = Metrics()
         fetcher = Fetcher(
             sources,
             self.storage,
@@ -111,6 +113,7 @@ class Daemon(MultiService):
             config.pipeline.parts_in_flight,
             reactor,
             read_size=config.pipeline.read_size,
+            metrics=self.metrics,
         )
         self.tasks = TaskService(
             reactor,
@@ -118,7 +121,9 @@ class Daemon(MultiService):
             config.tasks.keep_finished,
             max_concurrent=config.tasks.max_concurrent_tasks,
             max_tasks=config.tasks.max_tasks,
+            metrics=self.metrics,
         )
+        self.metrics.watch_tasks(self.tasks)
         self.api = ArchiverAPI(
             sources,
             self.storage,
@@ -128,6 +133,7 @@ class Daemon(MultiService):
             public_url=config.public_url,
             files=self.files,
             health=Health(self.storage, sources, reactor),
+            metrics=self.metrics,
         )
         self.storage.setServiceParent(self)
         self.tasks.setServiceParent(self)

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from archiverd.errors import Busy, StorageError, UpstreamError
 from archiverd.keys import ArchiveRequest
+from archiverd.metrics import Metrics
 
 SUCCESS_STATUS = "Task completed! Check 's3_urls' for upload locations."
 
@@ -126,7 +127,9 @@ class TaskService(Service):
         *,
         max_concurrent: int = 8,
         max_tasks: int = 10000,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._clock = clock
         self._runner = runner
         self.keep_finished = keep_finished
@@ -327,3 +330,20 @@ class TaskService(Service):
         task.error = error
         task.finished = self._clock.seconds()
         task.deferred = None
+        began = task.started if task.started is not None else task.created
+        self._metrics.task_duration.labels(state.value).observe(task.finished - began)
+
+    def counts(self) -> dict[str, int]:
+        """How many tasks the table holds in each state."""
+        counts = dict.fromkeys((s.value for s in State), 0)
+        for task in self._tasks.values():
+            counts[task.state.value] += 1
+        return counts
+
+    @property
+    def working(self) -> int:
+        return self._working
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from klein import Klein
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -42,6 +43,7 @@ from archiverd.keys import (
     key_for_task_id,
     parse_key,
 )
+from archiverd.metrics import Metrics
 from archiverd.shared import Shared
 from archiverd.sources import Source
 from archiverd.storage.files import FileStorage
@@ -103,16 +105,36 @@ def _arg(request: IRequest, name: str, default: str = "") -> str:
     return value
 
 
-class _Utf8Guard(Resource):
-    """Answers a URL that is not UTF-8 with a JSON 400 (Klein's is plain text)."""
+_ROUTES = {b"status": "status", b"files": "files"}
+_TOP = {b"__lbheartbeat__", b"__heartbeat__", b"__version__", b"metrics"}
+
+
+def _route(path: bytes) -> str:
+    """The route a request path belongs to, as a bounded metric label."""
+    parts = path.split(b"/", 3)
+    if len(parts) > 2 and parts[1] == b"archiver":
+        return _ROUTES.get(parts[2], "archive")
+    if len(parts) == 2 and parts[1] in _TOP:
+        return parts[1].decode()
+    return "other"
+
+
+class _Root(Resource):
+    """The API's root: counts every answer by route and status, and answers
+    a URL that is not UTF-8 with a JSON 400 (Klein's is plain text)."""
 
     isLeaf = True
 
-    def __init__(self, inner: Resource) -> None:
+    def __init__(self, inner: Resource, metrics: Metrics) -> None:
         super().__init__()
         self._inner = inner
+        self._requests = metrics.requests
+
+    def _count(self, _: object, request: Any) -> None:
+        self._requests.labels(_route(request.path), str(request.code)).inc()
 
     def render(self, request: Any) -> Any:
+        request.notifyFinish().addBoth(self._count, request)
         try:
             b"/".join(request.postpath).decode("utf-8")
         except UnicodeDecodeError:
@@ -138,8 +160,10 @@ class ArchiverAPI:
         public_url: str | None = None,
         files: FileStorage | None = None,
         health: Health | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.health = health
+        self.metrics = metrics or Metrics()
         self.sources = sources
         self.storage = storage
         self.tasks = tasks
@@ -151,7 +175,7 @@ class ArchiverAPI:
         self._looking: dict[str, Shared[tuple[float, list[str]]]] = {}
 
     def resource(self) -> Any:
-        return _Utf8Guard(self.app.resource())
+        return _Root(self.app.resource(), self.metrics)
 
     # -- helpers ---------------------------------------------------------
 
@@ -301,12 +325,14 @@ class ArchiverAPI:
         return self._redirect_to(request, await self._signed_url(request, region, key))
 
     def _redirect_to(self, request: IRequest, url: str) -> bytes:
+        self.metrics.archive_requests.labels("hit").inc()
         request.redirect(url.encode())
         request.setHeader("Content-Type", "text/html; charset=utf-8")
         link = html.escape(url)
         return f'<p>The archive is at <a href="{link}">{link}</a>.</p>\n'.encode()
 
     def _accepted(self, request: IRequest, task_id: str) -> bytes:
+        self.metrics.archive_requests.labels("miss").inc()
         location = (
             f"{self._base_url(request)}/archiver/status/{quote(task_id, safe='')}"
         )
@@ -412,6 +438,17 @@ class ArchiverAPI:
             raise NotFound("no health checks configured")
         healthy, body = await self.health.heartbeat()
         return _json(request, body, 200 if healthy else 500)
+
+    @app.route("/metrics", methods=["GET"])
+    def prometheus(self, request: IRequest) -> bytes:
+        """Prometheus' text format.
+
+        Rendered here rather than through prometheus-client's Twisted
+        resource, which is a WSGI app on the global reactor's thread pool:
+        this is a few kilobytes of CPU work, and the API touches no globals.
+        """
+        request.setHeader("Content-Type", CONTENT_TYPE_LATEST)
+        return generate_latest(self.metrics.registry)
 
     @app.route("/__version__", methods=["GET", "HEAD"])
     def version(self, request: IRequest) -> bytes:

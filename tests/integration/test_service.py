@@ -310,3 +310,27 @@ async def test_stopping_mid_transfer_aborts_every_multipart_upload(
     for region in s3_buckets.buckets:
         assert s3_buckets.pending_uploads(region) == []
         assert s3_buckets.keys(region) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_count_the_bytes_of_a_real_transfer(
+    hgweb, s3_buckets, start_archiverd
+):
+    d = await start_archiverd(s3_config(hgweb.url_template, s3_buckets))
+    response = await d.get("/archiver/hgmo/big/repo/tip?suffix=tar.bz2&subdir=data")
+    result = await d.wait(response.headers.getRawHeaders("location")[0])
+    assert result["state"] == "SUCCESS", result
+    response = await d.get("/metrics")
+    assert response.code == 200
+    samples = {}
+    for line in (await response.text()).splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    size = result["size"]
+    assert samples["archiverd_upstream_bytes_total"] == size
+    for region in s3_buckets.buckets:
+        assert samples[f'archiverd_uploaded_bytes_total{{region="{region}"}}'] == size
+    assert samples["archiverd_upstream_ttfb_seconds_count"] == 1
+    assert samples['archiverd_task_duration_seconds_count{state="SUCCESS"}'] == 1
+    assert samples['archiverd_tasks{state="SUCCESS"}'] == 1

@@ -29,6 +29,7 @@ from archiverd import __version__
 from archiverd.config import SourceConfig
 from archiverd.health import Health
 from archiverd.keys import ArchiveRequest
+from archiverd.metrics import Metrics
 from archiverd.sources import Source
 from archiverd.storage.base import ObjectInfo
 from archiverd.storage.files import FileStorage
@@ -83,9 +84,15 @@ class World:
         self.backend: Any = files or MemoryStorage(REGIONS, self.clock.seconds)
         self.storage = InlineStorageService(self.backend, self.clock, **(caches or {}))
         self.runner = FakeRunner()
+        self.metrics = Metrics()
         self.tasks = TaskService(
-            self.clock, self.runner, keep_finished=3600, max_tasks=max_tasks
+            self.clock,
+            self.runner,
+            keep_finished=3600,
+            max_tasks=max_tasks,
+            metrics=self.metrics,
         )
+        self.metrics.watch_tasks(self.tasks)
         self.hgweb = FakeHgweb({("projects/ash", "default"): NODE})
         hgmo = Source(
             SourceConfig("hgmo"), StubClient(self.hgweb, self.clock), self.clock
@@ -99,6 +106,7 @@ class World:
             public_url=public_url,
             files=files,
             health=Health(self.storage, {"hgmo": hgmo}, self.clock),
+            metrics=self.metrics,
         )
         self.http = StubTreq(self.api.resource())
 
@@ -622,3 +630,39 @@ def test_version_names_source_version_and_commit():
     assert answer.code == 200
     assert set(answer.json) == {"source", "version", "commit", "build"}
     assert answer.json["version"] == __version__
+
+
+# -- metrics -----------------------------------------------------------------
+
+
+def _samples(world: World) -> dict[str, float]:
+    answer = world.get("/metrics")
+    assert answer.code == 200
+    assert answer.header("Content-Type").startswith("text/plain")
+    samples = {}
+    for line in answer.body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def test_metrics_count_hits_misses_requests_and_tasks():
+    world = World()
+    assert world.get(f"/archiver/hgmo/projects/ash/{REV}").code == 202
+    world.store(ASH.key)
+    other = "/archiver/hgmo/projects/ash/" + "a" * 12
+    assert world.get(other).code == 202
+    world.runner.calls[0].deferred.callback(Outcome(1, "0" * 64))
+    assert world.get(f"/archiver/hgmo/projects/ash/{REV}").code == 302
+    assert world.get("/archiver/hgmo/projects/ash/x?suffix=rar").code == 400
+    samples = _samples(world)
+    assert samples['archiverd_archive_requests_total{result="miss"}'] == 2
+    assert samples['archiverd_archive_requests_total{result="hit"}'] == 1
+    assert samples['archiverd_http_requests_total{code="202",route="archive"}'] == 2
+    assert samples['archiverd_http_requests_total{code="302",route="archive"}'] == 1
+    assert samples['archiverd_http_requests_total{code="400",route="archive"}'] == 1
+    assert samples['archiverd_tasks{state="SUCCESS"}'] == 1
+    assert samples['archiverd_tasks{state="STARTED"}'] == 1
+    assert samples["archiverd_tasks_in_flight"] == 1
+    assert samples['archiverd_task_duration_seconds_count{state="SUCCESS"}'] == 1

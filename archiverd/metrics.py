@@ -1,0 +1,93 @@
+"""Prometheus metrics, served at ``/metrics`` (prometheus-client's text format).
+
+One :class:`Metrics` per daemon, with a registry of its own (never the
+process-global one), injected wherever something is counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+#: Seconds: from a 16 KiB archive on loopback to a large one over a WAN.
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    """Every metric archiverd exports; names start with ``archiverd_``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "archiverd_http_requests",
+            "HTTP requests answered, by route and status.",
+            ["route", "code"],
+            registry=r,
+        )
+        self.archive_requests = Counter(
+            "archiverd_archive_requests",
+            "Archive requests: hit (302 to storage) or miss (202, fetched).",
+            ["result"],
+            registry=r,
+        )
+        self.upstream_bytes = Counter(
+            "archiverd_upstream_bytes", "Bytes read from upstream.", registry=r
+        )
+        self.uploaded_bytes = Counter(
+            "archiverd_uploaded_bytes",
+            "Bytes stored, by region.",
+            ["region"],
+            registry=r,
+        )
+        self.storage_errors = Counter(
+            "archiverd_storage_errors",
+            "Failed storage calls, by region.",
+            ["region"],
+            registry=r,
+        )
+        self.task_duration = Histogram(
+            "archiverd_task_duration_seconds",
+            "Seconds from a task's start to its end, by final state.",
+            ["state"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.upstream_ttfb = Histogram(
+            "archiverd_upstream_ttfb_seconds",
+            "Seconds until upstream's response headers.",
+            buckets=TTFB_BUCKETS,
+            registry=r,
+        )
+
+    def watch_tasks(self, tasks: Any) -> None:
+        """Export the task table's sizes (read at each scrape)."""
+        self.registry.register(_TaskCollector(tasks))
+
+
+class _TaskCollector(Collector):
+    def __init__(self, tasks: Any) -> None:
+        self.tasks = tasks
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        by_state = GaugeMetricFamily(
+            "archiverd_tasks", "Tasks in the table, by state.", labels=["state"]
+        )
+        for state, count in sorted(self.tasks.counts().items()):
+            by_state.add_metric([state], count)
+        yield by_state
+        yield GaugeMetricFamily(
+            "archiverd_tasks_in_flight",
+            "Transfers running now.",
+            value=self.tasks.working,
+        )
+        yield GaugeMetricFamily(
+            "archiverd_tasks_queued",
+            "Tasks waiting for a turn (max_concurrent_tasks).",
+            value=self.tasks.queued,
+        )
