@@ -65,6 +65,17 @@ class Metrics:
             registry=r,
         )
 
+        self.hits = self.archive_requests.labels("hit")
+        self.misses = self.archive_requests.labels("miss")
+        self._by_route: dict[tuple[str, int], Any] = {}
+
+    def count_request(self, route: str, code: int) -> None:
+        """One more answer on ``route`` with status ``code``."""
+        child = self._by_route.get((route, code))
+        if child is None:
+            child = self._by_route[route, code] = self.requests.labels(route, str(code))
+        child.inc()
+
     def watch_tasks(self, tasks: Any) -> None:
         """Export the task table's sizes (read at each scrape)."""
         self.registry.register(_TaskCollector(tasks))

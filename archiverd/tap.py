@@ -20,7 +20,6 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
-from twisted.web.server import Site
 
 from archiverd import __version__
 from archiverd.config import Config, ConfigError, load
@@ -34,7 +33,7 @@ from archiverd.storage.files import FileStorage
 from archiverd.storage.s3 import S3Storage
 from archiverd.storage.service import StorageService
 from archiverd.tasks import TaskService
-from archiverd.web import ArchiverAPI, access_log_formatter
+from archiverd.web import ArchiverAPI, ArchiverSite, access_log_formatter
 
 
 class Options(usage.Options):
@@ -230,7 +229,7 @@ def makeService(options: Options) -> MultiService:
             f"{e.strerror or e}"
         ) from None
     web = StreamServerEndpointService(
-        endpoint, Site(daemon.api.resource(), logFormatter=access_log_formatter)
+        endpoint, ArchiverSite(daemon.api, logFormatter=access_log_formatter)
     )
     web.setServiceParent(daemon)
     return daemon

@@ -8,10 +8,10 @@ from typing import Any
 import treq
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
-from twisted.web.server import Site
 
 from archiverd.config import parse
 from archiverd.tap import Daemon
+from archiverd.web import ArchiverSite
 
 MIB = 1024 * 1024
 
@@ -55,7 +55,7 @@ class InProcess:
         self.daemon.open_files()
         self.daemon.startService()
         self.port = reactor.listenTCP(
-            0, Site(self.daemon.api.resource()), interface="127.0.0.1"
+            0, ArchiverSite(self.daemon.api), interface="127.0.0.1"
         )
         self.base_url = f"http://127.0.0.1:{self.port.getHost().port}"
 

@@ -334,3 +334,6 @@ async def test_metrics_count_the_bytes_of_a_real_transfer(
     assert samples["archiverd_upstream_ttfb_seconds_count"] == 1
     assert samples['archiverd_task_duration_seconds_count{state="SUCCESS"}'] == 1
     assert samples['archiverd_tasks{state="SUCCESS"}'] == 1
+    requests = 'archiverd_http_requests_total{code="%s",route="%s"}'
+    assert samples[requests % (202, "archive")] == 1
+    assert samples[requests % (200, "status")] >= 1
