@@ -41,7 +41,10 @@ def _check_name(field: str, value: str, *, path: bool) -> None:
     """Refuse what could escape a path, reach a header, or smuggle a URL."""
     if len(value) > MAX_NAME_LENGTH:
         raise BadRequest(f"{field} is longer than {MAX_NAME_LENGTH} characters")
-    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in value):
+    plain = value.isascii() and value.isprintable()  # the usual case, fast
+    if not plain and any(
+        unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in value
+    ):
         raise BadRequest(f"{field} contains control characters")
     if "\\" in value:
         raise BadRequest(f"{field} contains a backslash")

@@ -111,6 +111,7 @@ class Source:
         self.host = config.host
         self._client = client
         self._resolving: dict[tuple[str, str], Shared[str]] = {}
+        self._archive_urls: dict[ArchiveRequest, str] = {}
 
     @staticmethod
     @functools.cache
@@ -130,8 +131,14 @@ class Source:
         return url
 
     def archive_url(self, request: ArchiveRequest) -> str:
-        """Where upstream serves this archive."""
-        return self._url(self.config.url_template, request)
+        """Where upstream serves this archive (remembered: hits ask often)."""
+        url = self._archive_urls.get(request)
+        if url is None:
+            url = self._url(self.config.url_template, request)
+            if len(self._archive_urls) >= 10_000:
+                self._archive_urls.clear()
+            self._archive_urls[request] = url
+        return url
 
     def rev_url(self, request: ArchiveRequest) -> str:
         """Where upstream tells which changeset a rev names (hgweb's json-rev)."""
