@@ -176,8 +176,16 @@ class PartCutter(Protocol):
         # on_part's Deferred fires once every use of the part has ended, or on
         # failure, after which nothing is cut again (stop() came first).
         if not self._stopped:
-            if self._part is None and not self._chunks:
-                self._part = part  # nothing kept as chunks yet: fill it now
+            if self._part is None:
+                # The part being cut has no buffer yet: this one becomes it,
+                # with the few chunks kept meanwhile, rather than a new buffer
+                # later (which would hold one more part's worth of memory).
+                offset = 0
+                for chunk in self._chunks:
+                    part[offset : offset + len(chunk)] = chunk
+                    offset += len(chunk)
+                self._chunks = []
+                self._part = part
             else:
                 self._spare.append(part)
         self._unfinished -= 1

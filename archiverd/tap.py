@@ -216,10 +216,7 @@ def makeService(options: Options) -> MultiService:
 
     # Part buffers above the threshold (given back when freed), socket reads
     # below it (reused from the heap without a system call each).
-    fix_mmap_threshold(
-        min(config.pipeline.part_size // 2, 32 * 1024 * 1024),
-        trim=4 * config.pipeline.read_size,
-    )
+    fix_mmap_threshold(256 * 1024)
     daemon = Daemon(config, reactor)
     try:
         daemon.open_files()
