@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import treq
@@ -85,3 +86,16 @@ class InProcess:
             assert waited < timeout, f"task still {result} after {timeout}s"
             await deferLater(reactor, 0.05, lambda: None)
             waited += 0.05
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait, polling every 20 ms, until ``predicate()`` holds; fail after ``timeout``.
+
+    For facts that other threads make true (a fixture server counting a
+    request), which the reactor cannot be told about.
+    """
+    waited = 0.0
+    while not predicate():
+        assert waited < timeout, f"still false after {timeout}s: {predicate}"
+        await deferLater(reactor, 0.02, lambda: None)
+        waited += 0.02

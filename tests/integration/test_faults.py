@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from daemon import MIB, s3_config
+from daemon import MIB, eventually, s3_config
 from faults import FaultyS3, FaultyUpstream, S3Fault, body_bytes
 from fixtures import free_port
 from twisted.internet import reactor, task, threads
@@ -375,6 +375,9 @@ async def test_tasks_over_max_concurrent_wait_their_turn(
     assert states[0]["state"] in ("STARTED", "PROGRESS")
     assert (states[1]["state"], states[1]["status"]) == ("PENDING", "queued (0 ahead)")
     assert (states[2]["state"], states[2]["status"]) == ("PENDING", "queued (1 ahead)")
+    # The running task's GET reaches the upstream's thread when it does; the
+    # queued ones must not have made one.
+    await eventually(lambda: upstream.requests >= 1)
     assert upstream.requests == 1
 
     upstream.release.set()  # the stalled body ends (broken): the queue moves
