@@ -28,6 +28,7 @@ run: install
 	$(BIN)/twistd -n --pidfile= archiverd $(if $(CONFIG),--config $(CONFIG))
 
 test: install lint
+	scripts/radosgw.sh install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
@@ -39,6 +40,7 @@ unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 integration: install
+	scripts/radosgw.sh install
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 bench: install

@@ -61,5 +61,6 @@ setup(
         "botocore>=1.36",
         "prometheus-client>=0.20",
     ],
+    entry_points={"console_scripts": ["archiverd-fetch = archiverd.fetch:main"]},
     cmdclass={"build_py": BuildWithVersion},
 )

@@ -22,6 +22,8 @@ TEMPLATE_FIELDS = {"repo", "rev", "suffix", "subdir"}
 MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 * 1024 * MiB
 _REGION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+#: Segments of printable characters other than "/" and "\\", joined by "/".
+_REPO_PATTERN = re.compile(r"[^/\\\s]+(/[^/\\\s]+)*\Z")
 
 
 class ConfigError(Exception):
@@ -49,6 +51,15 @@ class SourceConfig:
     retry_backoff: float = 1.0
     #: Larger archives are refused.
     max_archive_bytes: int = 5 * 1024 * MiB
+    #: "hgweb": Mercurial's hgweb (symbolic revs resolved through json-rev);
+    #: "template": any archive URL template (revs are full commit ids).
+    kind: str = "hgweb"
+    #: kind "template": also take symbolic revs (branches, tags), cached
+    #: under their name, so they can be served stale.
+    allow_symbolic: bool = False
+    #: Repo patterns served ("*" within a path segment, "**" across them);
+    #: empty: every repo.
+    repos: tuple[str, ...] = ()
 
     @property
     def host(self) -> str:
@@ -221,18 +232,40 @@ def _region(name: str, region: Any) -> str:
 
 
 def _source(name: str, table: _Table) -> SourceConfig:
+    kind = table.take("kind", str, "hgweb")
+    if kind not in ("hgweb", "template"):
+        raise ConfigError(f"{table.name('kind')}: expected 'hgweb' or 'template'")
+    if kind == "template" and "url_template" not in table.raw:
+        raise ConfigError(f"{table.name('url_template')}: required for kind 'template'")
     template = _template(
         table.name("url_template"),
         table.take("url_template", str, DEFAULT_URL_TEMPLATE),
-        {"repo", "rev", "suffix"},
+        {"repo", "rev"} if kind == "template" else {"repo", "rev", "suffix"},
     )
     rev_template = table.take("rev_url_template", str, "")
     if rev_template:
+        if kind != "hgweb":
+            raise ConfigError(
+                f"{table.name('rev_url_template')}: only for kind 'hgweb'"
+            )
         _template(table.name("rev_url_template"), rev_template, {"repo", "rev"})
+    allow_symbolic = table.take("allow_symbolic", bool, False)
+    if allow_symbolic and kind != "template":
+        raise ConfigError(
+            f"{table.name('allow_symbolic')}: only for kind 'template' "
+            "(hgweb sources resolve symbolic revs)"
+        )
+    repos = table.take("repos", list, [])
+    for pattern in repos:
+        if not isinstance(pattern, str) or not _REPO_PATTERN.match(pattern):
+            raise ConfigError(f"{table.name('repos')}: bad repo pattern {pattern!r}")
     source = SourceConfig(
         name,
         template,
-        rev_template,
+        kind=kind,
+        allow_symbolic=allow_symbolic,
+        repos=tuple(repos),
+        rev_url_template=rev_template,
         headers_timeout=float(_number(table, "headers_timeout", 60.0, 0.1, 3600)),
         idle_timeout=float(_number(table, "idle_timeout", 60.0, 0.1, 3600)),
         total_timeout=float(_number(table, "total_timeout", 3600.0, 1, 86400)),
@@ -315,12 +348,20 @@ def parse(raw: Mapping[str, Any]) -> Config:
 
     sources_table = top.table("sources")
     sources = {}
-    for name in list(sources_table.raw):
+    named = list(sources_table.raw)
+    for name in named:
         if not re.match(r"[a-z0-9][a-z0-9_-]*\Z", name) or name in ("status", "files"):
             raise ConfigError(f"sources.{name}: bad source name")
-        sources[name] = _source(name, sources_table.table(name))
+        table = sources_table.table(name)
+        enabled = table.take("enabled", bool, True)
+        source = _source(name, table)
+        if enabled:
+            sources[name] = source
+    if "hgmo" not in named:
+        # hg.mozilla.org stays served unless configured otherwise.
+        sources = {"hgmo": SourceConfig("hgmo"), **sources}
     if not sources:
-        sources = {"hgmo": SourceConfig("hgmo")}
+        raise ConfigError("sources: every source is disabled")
 
     storage = _storage(top.table("storage"))
 

@@ -12,7 +12,7 @@ class NotFound(Exception):
 
 
 class Forbidden(Exception):
-    """A signed URL that is expired or altered (HTTP 403)."""
+    """Refused: a signed URL expired or altered, a repo not served (HTTP 403)."""
 
 
 class UpstreamError(Exception):

@@ -11,6 +11,10 @@ first, as ``~5F`` and ``~7E``. After escaping, ``_`` only ever stands for ``/``
 and ``~`` only ever starts an escape, so every task id maps back to exactly
 one key (:func:`key_for_task_id`); a key without ``_`` or ``~`` keeps exactly
 the old form.
+
+The ``hgmo`` source keeps the old key form. Every other source's keys start
+with ``@{source}/``, and no repo may start with ``@``, so two sources never
+share a key: ``@github/mozilla/gecko-dev-<40 hex>.tar.gz``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ CONTENT_TYPES = {
 
 MAX_NAME_LENGTH = 256
 SHORT_REV_LENGTH = 12
+FULL_REV_LENGTH = 40
+#: The source whose keys keep the old service's form (no ``@source/`` prefix).
+LEGACY_SOURCE = "hgmo"
 _HEX = re.compile(r"[0-9a-f]+\Z")
 _ESCAPES = {"_": "~5F", "~": "~7E"}
 _UNESCAPES = {v: k for k, v in _ESCAPES.items()}
@@ -50,6 +57,8 @@ def _check_name(field: str, value: str, *, path: bool) -> None:
         raise BadRequest(f"{field} contains a backslash")
     if value.startswith("/"):
         raise BadRequest(f"{field} starts with '/'")
+    if value.startswith("@") and path:
+        raise BadRequest(f"{field} starts with '@'")
     segments = value.split("/")
     if not path and len(segments) > 1:
         raise BadRequest(f"{field} contains '/'")
@@ -88,9 +97,20 @@ class ArchiveRequest:
 
     @classmethod
     def parse(
-        cls, source: str, repo: str, rev: str, suffix: str = "tar.gz", subdir: str = ""
+        cls,
+        source: str,
+        repo: str,
+        rev: str,
+        suffix: str = "tar.gz",
+        subdir: str = "",
+        *,
+        cut: bool = True,
     ) -> ArchiveRequest:
-        """Validate raw input; raise :class:`BadRequest` with a clear message."""
+        """Validate raw input; raise :class:`BadRequest` with a clear message.
+
+        ``cut``: shorten a changeset id to 12 digits (Mercurial's short form);
+        sources that want full commit ids keep them whole.
+        """
         if suffix not in CONTENT_TYPES:
             raise BadRequest(
                 f"unsupported suffix {suffix!r}: use one of "
@@ -106,7 +126,7 @@ class ArchiveRequest:
         subdir = subdir.rstrip("/") if subdir.strip("/") else subdir
         if subdir:
             _check_name("subdir", subdir, path=True)
-        if is_changeset_id(rev):
+        if cut and is_changeset_id(rev):
             rev = rev[:SHORT_REV_LENGTH]
         return cls(source, repo, rev, suffix, subdir)
 
@@ -127,6 +147,8 @@ class ArchiveRequest:
     def key(self) -> str:
         """The storage key, as the old service named it."""
         key = f"{self.repo}-{self.rev}.{self.suffix}"
+        if self.source and self.source != LEGACY_SOURCE:
+            key = f"@{self.source}/{key}"
         return f"{key}/{self.subdir}" if self.subdir else key
 
     @property
@@ -165,20 +187,34 @@ def key_for_task_id(task_id: str) -> str:
 
 
 _AFTER_REPO = re.compile(
-    r"(?P<rev>[0-9a-f]{1,12})\.(?P<suffix>tar\.gz|tar\.bz2|zip)(?:/(?P<subdir>.+))?\Z",
+    r"(?P<rev>[0-9a-f]{1,12}|[0-9a-f]{40})\.(?P<suffix>tar\.gz|tar\.bz2|zip)"
+    r"(?:/(?P<subdir>.+))?\Z",
     re.DOTALL,
 )
+_PREFIX = re.compile(r"@(?P<source>[a-z0-9][a-z0-9_-]*)/")
 
 
-def parse_key(key: str, source: str = "") -> ArchiveRequest | None:
-    """The archive a storage key names, or None for a key no request makes."""
-    for dash in (i for i, c in enumerate(key) if c == "-"):
+def parse_key(key: str) -> ArchiveRequest | None:
+    """The archive a storage key names, or None for a key no request makes.
+
+    The source is ``hgmo`` for a key without an ``@source/`` prefix.
+    """
+    source, start = LEGACY_SOURCE, 0
+    prefix = _PREFIX.match(key)
+    if prefix is not None:
+        source, start = prefix["source"], prefix.end()
+    for dash in (i for i, c in enumerate(key) if c == "-" and i > start):
         match = _AFTER_REPO.match(key, dash + 1)
         if match is None:
             continue
         try:
             request = ArchiveRequest.parse(
-                source, key[:dash], match["rev"], match["suffix"], match["subdir"] or ""
+                source,
+                key[start:dash],
+                match["rev"],
+                match["suffix"],
+                match["subdir"] or "",
+                cut=False,
             )
         except BadRequest:
             continue

@@ -21,8 +21,13 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 
 from archiverd.config import SourceConfig
-from archiverd.errors import BadRequest, UpstreamRefused, UpstreamUnavailable
-from archiverd.keys import ArchiveRequest, is_changeset_id
+from archiverd.errors import (
+    BadRequest,
+    Forbidden,
+    UpstreamRefused,
+    UpstreamUnavailable,
+)
+from archiverd.keys import FULL_REV_LENGTH, ArchiveRequest, is_changeset_id
 from archiverd.shared import Shared
 
 #: Upstream answers that mean "this archive does not exist": never retried.
@@ -112,6 +117,34 @@ class Source:
         self._client = client
         self._resolving: dict[tuple[str, str], Shared[str]] = {}
         self._archive_urls: dict[ArchiveRequest, str] = {}
+        self._template_kind = config.kind == "template"
+        self._serves_subdirs = "{subdir}" in config.url_template
+        self._allowed = repo_matcher(config.repos)
+
+    def request(
+        self, repo: str, rev: str, suffix: str = "tar.gz", subdir: str = ""
+    ) -> ArchiveRequest:
+        """Validate a request for this source (400 or 403 when refused).
+
+        hgweb sources cut changeset ids to 12 digits and resolve symbolic
+        revs. Template sources take full 40-digit commit ids only, unless
+        ``allow_symbolic`` lets names through (cached under the name).
+        """
+        wanted = ArchiveRequest.parse(
+            self.name, repo, rev, suffix, subdir, cut=not self._template_kind
+        )
+        if self._allowed is not None and not self._allowed(wanted.repo):
+            raise Forbidden(f"source {self.name!r} does not serve repo {repo!r}")
+        if self._template_kind:
+            if wanted.subdir and not self._serves_subdirs:
+                raise BadRequest(f"source {self.name!r} does not serve subdirectories")
+            full = len(rev) == FULL_REV_LENGTH and is_changeset_id(rev)
+            if not full and not self.config.allow_symbolic:
+                raise BadRequest(
+                    f"source {self.name!r} needs a full 40-digit commit id, not "
+                    f"{rev!r} (anything else may move, and would be served stale)"
+                )
+        return wanted
 
     @staticmethod
     @functools.cache
@@ -239,8 +272,8 @@ class Source:
         upstream every time (concurrent asks for one name share one lookup),
         so a moving name is never served stale.
         """
-        if not request.is_symbolic:
-            return request
+        if not request.is_symbolic or self._template_kind:
+            return request  # (a template source's names are taken as they are)
         name = (request.repo, request.rev)
         lookup = self._resolving.get(name)
         if lookup is None:
@@ -269,6 +302,28 @@ class Source:
             "{rev} of {repo} is {node}", rev=request.rev, repo=request.repo, node=node
         )
         return node
+
+
+def repo_matcher(patterns: tuple[str, ...]) -> Callable[[str], bool] | None:
+    """A test for repos matching any pattern, or None when all are allowed.
+
+    ``*`` matches within one path segment, ``**`` any number of whole
+    segments: ``projects/*`` matches ``projects/ash``, not ``projects/a/b``;
+    ``users/**`` matches everything under ``users/``.
+    """
+    if not patterns:
+        return None
+    alternatives = []
+    for pattern in patterns:
+        parts = []
+        for segment in pattern.split("/"):
+            if segment == "**":
+                parts.append(".+")
+            else:
+                parts.append("[^/]*".join(re.escape(p) for p in segment.split("*")))
+        alternatives.append("/".join(parts))
+    regex = re.compile("(?:" + "|".join(alternatives) + r")\Z")
+    return lambda repo: regex.match(repo) is not None
 
 
 class _Retryable(Exception):

@@ -24,6 +24,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from archiverd import __version__
 from archiverd.config import Config, ConfigError, load
 from archiverd.health import Health
+from archiverd.logs import RequestLog, TimedRequest, use_json_logs
 from archiverd.memory import fix_mmap_threshold
 from archiverd.metrics import Metrics
 from archiverd.pipeline import Fetcher
@@ -45,11 +46,23 @@ class Options(usage.Options):
             None,
             "Endpoint to serve on (overrides the config's 'listen').",
         ],
+        [
+            "log-format",
+            None,
+            "text",
+            "text (twistd's lines) or json (mozlog JSON lines on stdout).",
+        ],
     ]
 
     def opt_version(self) -> None:
         print(f"archiverd {__version__}")
         sys.exit(0)
+
+    def postOptions(self) -> None:  # noqa: N802 (Twisted API)
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError("--log-format must be text or json")
+        if self["log-format"] == "json" and self.parent is not None:
+            use_json_logs(self.parent)
 
 
 def build_storage(config: Config) -> Storage:
@@ -225,8 +238,12 @@ def makeService(options: Options) -> MultiService:
             f"config error: storage.file.root: cannot use {config.storage.file.root}: "
             f"{e.strerror or e}"
         ) from None
-    web = StreamServerEndpointService(
-        endpoint, ArchiverSite(daemon.api, logFormatter=access_log_formatter)
-    )
+    if options["log-format"] == "json":
+        site = ArchiverSite(
+            daemon.api, request_log=RequestLog(), requestFactory=TimedRequest
+        )
+    else:
+        site = ArchiverSite(daemon.api, logFormatter=access_log_formatter)
+    web = StreamServerEndpointService(endpoint, site)
     web.setServiceParent(daemon)
     return daemon

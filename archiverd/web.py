@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -28,6 +28,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import NotFound as RouteNotFound
+from werkzeug.routing import RequestRedirect
 
 from archiverd.errors import (
     BadRequest,
@@ -44,7 +45,9 @@ from archiverd.keys import (
     key_for_task_id,
     parse_key,
 )
+from archiverd.logs import has_secret, redact
 from archiverd.metrics import Metrics
+from archiverd.openapi import OPENAPI_PATH, openapi_document
 from archiverd.shared import Shared
 from archiverd.sources import Source
 from archiverd.storage.files import FileStorage
@@ -59,19 +62,10 @@ _HOST = re.compile(r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?\Z")
 MAX_TASK_ID = 8 * MAX_NAME_LENGTH
 
 
-_SIGNATURE = re.compile(rb"(signature|X-Amz-Signature|X-Amz-Credential)=[^&\s]*", re.I)
-
-
-def _secret_hint(text: bytes) -> bool:
-    """A cheap first test (most lines, every hit and poll, carry no secret):
-    covers signature=, Signature=, credential= and Credential=."""
-    return b"ignature=" in text or b"redential=" in text or b"IGNATURE=" in text
-
-
 def access_log_formatter(timestamp: str, request: Any) -> str:
     """Twisted's combined log format, with URL signatures redacted."""
     referer = request.getHeader(b"referer") or b""
-    if not (_secret_hint(request.uri) or (referer and _secret_hint(referer))):
+    if not (has_secret(request.uri) or (referer and has_secret(referer))):
         return http.combinedLogFormatter(timestamp, request)
     return http.combinedLogFormatter(timestamp, _Redacted(request))
 
@@ -81,11 +75,11 @@ class _Redacted:
 
     def __init__(self, request: Any) -> None:
         self._request = request
-        self.uri = _SIGNATURE.sub(rb"\1=REDACTED", request.uri)
+        self.uri = redact(request.uri)
 
     def getHeader(self, name: bytes) -> bytes | None:  # noqa: N802 (Twisted API)
         value: bytes | None = self._request.getHeader(name)
-        return _SIGNATURE.sub(rb"\1=REDACTED", value) if value else value
+        return redact(value) if value else value
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._request, name)
@@ -110,7 +104,7 @@ def _arg(request: IRequest, name: str, default: str = "") -> str:
     return value
 
 
-_ROUTES = {b"status": "status", b"files": "files"}
+_ROUTES = {b"status": "status", b"files": "files", b"openapi.json": "openapi"}
 _TOP = {b"__lbheartbeat__", b"__heartbeat__", b"__version__", b"metrics"}
 
 
@@ -128,13 +122,24 @@ class ArchiverSite(Site):
     """The Site: counts every answer by route and status as it is logged
     (cheaper on the hit path than a Deferred per request)."""
 
-    def __init__(self, api: ArchiverAPI, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        api: ArchiverAPI,
+        request_log: Callable[[Any, str], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(api.resource(), **kwargs)
         self._metrics = api.metrics
+        #: Given (request, route), logs the request instead of the access log.
+        self._request_log = request_log
 
     def log(self, request: Any) -> None:
-        self._metrics.count_request(_route(request.path), request.code)
-        super().log(request)
+        route = _route(request.path)
+        self._metrics.count_request(route, request.code)
+        if self._request_log is None:
+            super().log(request)
+        else:
+            self._request_log(request, route)
 
 
 class _Root(Resource):
@@ -185,6 +190,8 @@ class ArchiverAPI:
         self.files = files
         #: Storage looks in progress, by key (see _look).
         self._looking: dict[str, Shared[tuple[float, list[str]]]] = {}
+        #: The OpenAPI document, rendered on first request (see openapi.py).
+        self._openapi: bytes | None = None
 
     def resource(self) -> Any:
         return _Root(self.app.resource())
@@ -287,8 +294,7 @@ class ArchiverAPI:
         upstream = self.sources.get(source)
         if upstream is None:
             raise NotFound(f"unknown source {source!r}")
-        wanted = ArchiveRequest.parse(
-            source,
+        wanted = upstream.request(
             repo,
             rev,
             suffix=_arg(request, "suffix", "tar.gz"),
@@ -346,7 +352,7 @@ class ArchiverAPI:
     def _accepted(self, request: IRequest, task_id: str) -> bytes:
         self.metrics.misses.inc()
         location = (
-            f"{self._base_url(request)}/archiver/status/{quote(task_id, safe='')}"
+            f"{self._base_url(request)}/archiver/status/{quote(task_id, safe='@')}"
         )
         request.setHeader("Location", location)
         return _json(request, {"result": {}}, 202)
@@ -403,7 +409,8 @@ class ArchiverAPI:
             key = key_for_task_id(task_id)
         except ValueError:
             return unknown
-        if parse_key(key) is None:
+        named = parse_key(key)
+        if named is None or named.source not in self.sources:
             return unknown  # names no archive: never sign URLs for it
         if set(await self._stored_in(key)) != set(self.storage.regions):
             return unknown
@@ -428,6 +435,8 @@ class ArchiverAPI:
             raise NotFound("no such file")
         request.setHeader("Content-Disposition", stored.content_disposition)
         request.setHeader("Cache-Control", "private, max-age=3600, immutable")
+        if stored.sha256:  # as S3 serves its object metadata
+            request.setHeader("x-amz-meta-sha256", stored.sha256)
         resource = static.File(str(stored.path), defaultType=stored.content_type)
         resource.type = stored.content_type  # type: ignore[assignment]
         resource.encoding = None  # type: ignore[assignment]
@@ -461,6 +470,17 @@ class ArchiverAPI:
         """
         request.setHeader("Content-Type", CONTENT_TYPE_LATEST)
         return generate_latest(self.metrics.registry)
+
+    @app.route(OPENAPI_PATH, methods=["GET", "HEAD"])
+    def openapi(self, request: IRequest) -> bytes:
+        """This API's OpenAPI 3.1 description, for this configuration."""
+        if self._openapi is None:
+            document = openapi_document(
+                self.sources, self.storage.regions, self.public_url
+            )
+            self._openapi = json.dumps(document, indent=1).encode()
+        request.setHeader("Content-Type", "application/json")
+        return self._openapi
 
     @app.route("/__version__", methods=["GET", "HEAD"])
     def version(self, request: IRequest) -> bytes:
@@ -501,6 +521,12 @@ class ArchiverAPI:
     @app.handle_errors(HTTPException)
     def http_error(self, request: IRequest, failure: Failure) -> bytes:
         error: HTTPException = failure.value
+        # Keep what the status needs: Allow on a 405, Location on a redirect.
+        for name, value in error.get_headers():
+            if name.lower() != "content-type":
+                request.setHeader(name, value)
+        if isinstance(error, RequestRedirect):
+            request.setHeader("Location", error.new_url)
         return _json(
             request, {"error": error.description or error.name}, error.code or 500
         )

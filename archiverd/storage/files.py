@@ -42,6 +42,8 @@ class StoredFile:
     size: int
     content_type: str
     content_disposition: str
+    #: Hex digest of the object's bytes ("" if its metadata lacks one).
+    sha256: str = ""
 
 
 class FileStorage:
@@ -123,7 +125,13 @@ class FileStorage:
             return None
         if meta.get("key") != key:
             return None
-        return StoredFile(path, size, meta["content_type"], meta["content_disposition"])
+        return StoredFile(
+            path,
+            size,
+            meta["content_type"],
+            meta["content_disposition"],
+            meta.get("sha256", ""),
+        )
 
     # -- signing ---------------------------------------------------------
 

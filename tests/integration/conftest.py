@@ -7,6 +7,8 @@ this process): servers live in subprocesses or plain threads.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import pytest_twisted
 from daemon import InProcess
@@ -16,6 +18,8 @@ from fixtures import (
     BreakingUpstream,
     HgwebServer,
     MotoS3,
+    Radosgw,
+    RadosgwBuckets,
     S3Buckets,
     build_standard_repos,
 )
@@ -78,3 +82,41 @@ async def start_archiverd():
     yield start
     for daemon in started:
         await daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def radosgw(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3 server, Ceph radosgw, on 127.0.0.1 for the whole session,
+    with the same fake AWS credentials as ``moto_server`` exported.
+
+    Skipped with the reason when radosgw is not installed (see
+    ``scripts/radosgw.sh install``), unless ``ARCHIVERD_REQUIRE_RADOSGW=1``
+    (CI sets it), which turns that into a failure.
+    """
+    reason = Radosgw.unavailable()
+    if reason:
+        if os.environ.get("ARCHIVERD_REQUIRE_RADOSGW") == "1":
+            pytest.fail(
+                f"radosgw: {reason}; ARCHIVERD_REQUIRE_RADOSGW=1 forbids skipping",
+                pytrace=False,
+            )
+        pytest.skip(f"radosgw: {reason}")
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in MOTO_ENV.items():
+            env.setenv(name, value)
+        for name in MOTO_ENV_REMOVED:
+            env.delenv(name, raising=False)
+        with Radosgw(tmp_path_factory.mktemp("radosgw")) as server:
+            yield server
+
+
+@pytest.fixture(params=["moto", "radosgw"])
+def any_s3_buckets(request: pytest.FixtureRequest):
+    """What ``s3_buckets`` gives, once on moto and once on radosgw (the test
+    runs for each; the radosgw run is skipped where radosgw is not
+    installed)."""
+    if request.param == "moto":
+        yield request.getfixturevalue("s3_buckets")
+        return
+    with RadosgwBuckets(request.getfixturevalue("radosgw")) as buckets:
+        yield buckets

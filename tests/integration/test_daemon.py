@@ -284,3 +284,80 @@ def test_sigterm_exits_within_the_grace_period_when_storage_hangs(
         elapsed = time.monotonic() - started
     assert 1 <= elapsed < 4, elapsed
     assert "shutdown_grace of 1.0s passed" in _output(proc, tmp_path)
+
+
+def test_log_format_json_writes_only_mozlog_lines_with_one_per_request(tmp_path, hgweb):
+    """`--log-format json`: every line twistd writes is one JSON object in
+    mozlog's envelope (twistd's own lines too); each request is one
+    request.summary line with its duration, and a signed URL's signature
+    shows nowhere."""
+    config = tmp_path / "archiverd.toml"
+    config.write_text(
+        f"""
+[sources.hgmo]
+url_template = "{hgweb.url_template}"
+
+[storage]
+backend = "file"
+
+[storage.file]
+root = "{tmp_path / "data"}"
+regions = ["local"]
+"""
+    )
+    port = free_port()
+    proc = _twistd(
+        "--config",
+        str(config),
+        "--listen",
+        f"tcp:{port}:interface=127.0.0.1",
+        "--log-format",
+        "json",
+        cwd=tmp_path,
+    )
+    try:
+        _wait_for_port(port, proc)
+        base = f"http://127.0.0.1:{port}"
+        rev = hgweb.node("projects/ash", "tip")[:12]
+        code, headers, _ = _open(f"{base}/archiver/hgmo/projects/ash/{rev}")
+        assert code == 202
+        deadline = time.monotonic() + 60
+        while True:
+            code, _, body = _open(headers["Location"])
+            result = json.loads(body)["result"]
+            if result["state"] in ("SUCCESS", "FAILURE"):
+                break
+            assert time.monotonic() < deadline, result
+            time.sleep(0.1)
+        assert result["state"] == "SUCCESS", result
+        signed = result["s3_urls"]["local"]
+        signature = signed.split("signature=")[1].split("&")[0]
+        assert len(signature) >= 16
+        code, _, data = _open(signed)
+        assert code == 200 and data
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == -signal.SIGTERM
+    out = _output(proc, tmp_path)
+    lines = [json.loads(line) for line in out.splitlines()]  # every one is JSON
+    assert signature not in out
+    for line in lines:
+        assert line["Logger"] == "archiverd" and line["EnvVersion"] == "2.0"
+        assert isinstance(line["Timestamp"], int) and line["Pid"] == proc.pid
+        assert line["Severity"] in range(8) and isinstance(line["Fields"], dict)
+    assert any(line["Fields"].get("msg") == "Server Shut Down." for line in lines)
+    assert not any("error" in line["Fields"] for line in lines)
+    requests = [line["Fields"] for line in lines if line["Type"] == "request.summary"]
+    assert [r["route"] for r in requests][0] == "archive"
+    assert requests[0]["code"] == 202
+    [served] = [r for r in requests if r["route"] == "files"]
+    assert served["code"] == 200 and served["bytes"] == len(data)
+    assert "signature=REDACTED" in served["path"]
+    assert served["method"] == "GET" and served["remote"] == "127.0.0.1"
+    assert isinstance(served["duration_ms"], float) and served["duration_ms"] >= 0
+    assert served["agent"].startswith("Python-urllib")

@@ -1,4 +1,6 @@
-"""archiverd end to end in-process: real hgweb upstream, moto S3, local files."""
+"""archiverd end to end in-process: real hgweb upstream, moto S3, local files;
+the tests taking ``any_s3_buckets`` run against moto and against a real S3
+(Ceph radosgw)."""
 
 from __future__ import annotations
 
@@ -26,11 +28,11 @@ async def _bytes(url: str) -> bytes:
 
 @pytest_twisted.ensureDeferred
 async def test_cold_request_streams_into_both_regions_then_redirects(
-    hgweb, s3_buckets, start_archiverd
+    hgweb, any_s3_buckets, start_archiverd
 ):
     """202 + absolute Location, SUCCESS with a URL per region, bytes equal
     upstream's, then 302 to the preferred region."""
-    d = await start_archiverd(s3_config(hgweb.url_template, s3_buckets))
+    d = await start_archiverd(s3_config(hgweb.url_template, any_s3_buckets))
     node = hgweb.node("projects/ash", "tip")
     path = f"/archiver/hgmo/projects/ash/{node}?subdir=testing/mozharness"
 
@@ -54,7 +56,7 @@ async def test_cold_request_streams_into_both_regions_then_redirects(
     key = f"projects/ash-{node[:12]}.tar.gz/testing/mozharness"
     for region, url in result["s3_urls"].items():
         assert await _bytes(url) == expected
-        head = s3_buckets.head(region, key)
+        head = any_s3_buckets.head(region, key)
         assert head["ContentType"] == "application/gzip"
         assert head["Metadata"]["sha256"] == hashlib.sha256(expected).hexdigest()
         assert "filename=" in head["ContentDisposition"]
@@ -66,17 +68,17 @@ async def test_cold_request_streams_into_both_regions_then_redirects(
     response = await d.get(path + "&preferred_region=us-west-2")
     assert response.code == 302
     redirect = response.headers.getRawHeaders("location")[0]
-    assert s3_buckets.buckets["us-west-2"] in redirect
+    assert any_s3_buckets.buckets["us-west-2"] in redirect
     assert await _bytes(redirect) == expected
 
 
 @pytest_twisted.ensureDeferred
 async def test_multipart_archive_is_whole_with_sha256(
-    hgweb, s3_buckets, start_archiverd
+    hgweb, any_s3_buckets, start_archiverd
 ):
     """A 12 MiB archive goes up in 5 MiB parts and comes back byte for byte."""
     d = await start_archiverd(
-        s3_config(hgweb.url_template, s3_buckets, parts_in_flight=2)
+        s3_config(hgweb.url_template, any_s3_buckets, parts_in_flight=2)
     )
     response = await d.get("/archiver/hgmo/big/repo/tip?suffix=zip")
     assert response.code == 202
@@ -85,13 +87,13 @@ async def test_multipart_archive_is_whole_with_sha256(
     node = hgweb.node("big/repo", "tip")[:12]
     expected = hgweb.archive("big/repo", node, suffix="zip")
     assert len(expected) > 2 * 5 * MIB
-    for region in s3_buckets.buckets:
+    for region in any_s3_buckets.buckets:
         key = f"big/repo-{node}.zip"
-        assert s3_buckets.get(region, key) == expected
-        head = s3_buckets.head(region, key)
+        assert any_s3_buckets.get(region, key) == expected
+        head = any_s3_buckets.head(region, key)
         assert head["Metadata"]["sha256"] == hashlib.sha256(expected).hexdigest()
         assert head["ContentType"] == "application/zip"
-        assert s3_buckets.pending_uploads(region) == []
+        assert any_s3_buckets.pending_uploads(region) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -145,18 +147,18 @@ async def test_upstream_404_is_a_failure_quoting_upstream(
 
 @pytest_twisted.ensureDeferred
 async def test_upstream_breaking_off_leaves_no_object_and_no_pending_upload(
-    breaking_upstream, s3_buckets, start_archiverd
+    breaking_upstream, any_s3_buckets, start_archiverd
 ):
     breaking_upstream.nbytes = 13 * MIB  # two whole parts, then the break
-    d = await start_archiverd(s3_config(breaking_upstream.url_template, s3_buckets))
+    d = await start_archiverd(s3_config(breaking_upstream.url_template, any_s3_buckets))
     response = await d.get("/archiver/hgmo/some/repo/0123456789ab")
     assert response.code == 202
     result = await d.wait(response.headers.getRawHeaders("location")[0])
     assert result["state"] == "FAILURE"
     assert "broke off" in result["status"]
-    for region in s3_buckets.buckets:
-        assert s3_buckets.keys(region) == []
-        assert s3_buckets.pending_uploads(region) == []
+    for region in any_s3_buckets.buckets:
+        assert any_s3_buckets.keys(region) == []
+        assert any_s3_buckets.pending_uploads(region) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -186,13 +188,15 @@ async def test_symbolic_revs_resolve_to_the_current_changeset(
 
 
 @pytest_twisted.ensureDeferred
-async def test_only_missing_regions_are_uploaded(hgweb, s3_buckets, start_archiverd):
+async def test_only_missing_regions_are_uploaded(
+    hgweb, any_s3_buckets, start_archiverd
+):
     """Stored in us-east-1 only: a request preferring us-west-2 fills just it."""
-    d = await start_archiverd(s3_config(hgweb.url_template, s3_buckets))
+    d = await start_archiverd(s3_config(hgweb.url_template, any_s3_buckets))
     node = hgweb.node("mozilla-central", "tip")[:12]
     key = f"mozilla-central-{node}.tar.gz"
-    s3_buckets.client("us-east-1").put_object(
-        Bucket=s3_buckets.buckets["us-east-1"], Key=key, Body=b"sentinel"
+    any_s3_buckets.client("us-east-1").put_object(
+        Bucket=any_s3_buckets.buckets["us-east-1"], Key=key, Body=b"sentinel"
     )
     path = f"/archiver/hgmo/mozilla-central/{node}"
     assert (await d.get(path)).code == 302  # default region has it
@@ -201,8 +205,10 @@ async def test_only_missing_regions_are_uploaded(hgweb, s3_buckets, start_archiv
     result = await d.wait(response.headers.getRawHeaders("location")[0])
     assert result["state"] == "SUCCESS"
     assert result["regions"] == ["us-west-2"]
-    assert s3_buckets.get("us-east-1", key) == b"sentinel"
-    assert s3_buckets.get("us-west-2", key) == hgweb.archive("mozilla-central", node)
+    assert any_s3_buckets.get("us-east-1", key) == b"sentinel"
+    assert any_s3_buckets.get("us-west-2", key) == hgweb.archive(
+        "mozilla-central", node
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -283,17 +289,17 @@ def stalling_upstream():
 
 @pytest_twisted.ensureDeferred
 async def test_stopping_mid_transfer_aborts_every_multipart_upload(
-    stalling_upstream, s3_buckets, start_archiverd
+    stalling_upstream, any_s3_buckets, start_archiverd
 ):
     """Stopping the daemon (as SIGTERM does) while parts are up leaves no
     object and no pending multipart upload in any region."""
-    d = await start_archiverd(s3_config(stalling_upstream, s3_buckets))
+    d = await start_archiverd(s3_config(stalling_upstream, any_s3_buckets))
     response = await d.get("/archiver/hgmo/some/repo/0123456789ab")
     location = response.headers.getRawHeaders("location")[0]
 
     async def uploads_pending() -> bool:
         pending = await threads.deferToThread(
-            lambda: [s3_buckets.pending_uploads(r) for r in s3_buckets.buckets]
+            lambda: [any_s3_buckets.pending_uploads(r) for r in any_s3_buckets.buckets]
         )
         return all(pending)
 
@@ -307,9 +313,9 @@ async def test_stopping_mid_transfer_aborts_every_multipart_upload(
     assert body["result"]["state"] == "PROGRESS"
 
     await d.stop()
-    for region in s3_buckets.buckets:
-        assert s3_buckets.pending_uploads(region) == []
-        assert s3_buckets.keys(region) == []
+    for region in any_s3_buckets.buckets:
+        assert any_s3_buckets.pending_uploads(region) == []
+        assert any_s3_buckets.keys(region) == []
 
 
 @pytest_twisted.ensureDeferred

@@ -237,6 +237,80 @@ def test_source_names_must_be_lowercase_and_not_a_route() -> None:
     )
 
 
+# -- source kinds --------------------------------------------------------------
+
+CODELOAD = "https://codeload.github.com/{repo}/{suffix}/{rev}"
+
+
+def test_a_template_source_is_served_beside_hgmo() -> None:
+    config = parse(
+        {
+            "sources": {
+                "github": {
+                    "kind": "template",
+                    "url_template": CODELOAD,
+                    "repos": ["mozilla/*"],
+                    "max_archive_bytes": 1000,
+                }
+            }
+        }
+    )
+    assert list(config.sources) == ["hgmo", "github"]
+    github = config.sources["github"]
+    assert (github.kind, github.url_template, github.repos) == (
+        "template",
+        CODELOAD,
+        ("mozilla/*",),
+    )
+    assert github.max_archive_bytes == 1000
+    assert not github.allow_symbolic
+    assert config.sources["hgmo"].kind == "hgweb"
+
+
+def test_hgmo_can_be_disabled_and_a_disabled_source_is_still_checked() -> None:
+    config = parse({"sources": {"hgmo": {"enabled": False}, "hg": {}}})
+    assert list(config.sources) == ["hg"]
+    assert (
+        config_error({"sources": {"hgmo": {"enabled": False, "tries": 3}}})
+        == "sources.hgmo.tries: unknown key"
+    )
+    assert (
+        config_error({"sources": {"hgmo": {"enabled": False}}})
+        == "sources: every source is disabled"
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"kind": "git"}, "sources.x.kind: expected 'hgweb' or 'template'"),
+        ({"kind": "template"}, "sources.x.url_template: required for kind 'template'"),
+        (
+            {"kind": "template", "url_template": "https://h/{repo}.tar.gz"},
+            "sources.x.url_template: must contain {rev}",
+        ),
+        (
+            {"allow_symbolic": True},
+            "sources.x.allow_symbolic: only for kind 'template' "
+            "(hgweb sources resolve symbolic revs)",
+        ),
+        (
+            {
+                "kind": "template",
+                "url_template": CODELOAD,
+                "rev_url_template": "https://h/{repo}/{rev}",
+            },
+            "sources.x.rev_url_template: only for kind 'hgweb'",
+        ),
+        ({"repos": ["a//b"]}, "sources.x.repos: bad repo pattern 'a//b'"),
+        ({"repos": [3]}, "sources.x.repos: bad repo pattern 3"),
+        ({"repos": "a/*"}, "sources.x.repos: expected list, got 'a/*'"),
+    ],
+)
+def test_a_bad_source_is_named(source: dict[str, Any], message: str) -> None:
+    assert config_error({"sources": {"x": source}}) == message
+
+
 # -- the old service's environment -------------------------------------------
 
 

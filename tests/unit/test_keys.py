@@ -9,7 +9,12 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from archiverd.errors import BadRequest
-from archiverd.keys import ArchiveRequest, key_for_task_id, task_id_for_key
+from archiverd.keys import (
+    ArchiveRequest,
+    key_for_task_id,
+    parse_key,
+    task_id_for_key,
+)
 
 NODE = "42bf8560b395a5a9e3c2bbd6c2de2f2c6bd4ec70"
 
@@ -250,3 +255,41 @@ def test_any_accepted_input_gives_a_safe_key(
     assert not any(_is_control(c) for c in key)
     assert key_for_task_id(request.task_id) == key
     assert "/" not in request.filename
+
+
+# -- sources other than hgmo ---------------------------------------------------
+
+FULL = "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_other_sources_keys_carry_their_name_so_sources_never_share_a_key() -> None:
+    hg = ArchiveRequest.parse("hgmo", "mozilla/gecko", FULL)
+    gh = ArchiveRequest.parse("github", "mozilla/gecko", FULL, cut=False)
+    assert hg.key == "mozilla/gecko-0123456789ab.tar.gz"
+    assert gh.key == f"@github/mozilla/gecko-{FULL}.tar.gz"
+    assert gh.task_id == f"@github_mozilla_gecko-{FULL}.tar.gz"
+    assert key_for_task_id(gh.task_id) == gh.key
+
+
+def test_no_repo_can_start_like_another_sources_key() -> None:
+    with pytest.raises(BadRequest, match="repo starts with '@'"):
+        ArchiveRequest.parse("hgmo", "@github/mozilla", FULL)
+
+
+@pytest.mark.parametrize(
+    "wanted",
+    [
+        ArchiveRequest.parse("github", "mozilla/gecko", FULL, cut=False),
+        ArchiveRequest.parse("gitlab", "a/b", FULL, "zip", "docs/x", cut=False),
+        ArchiveRequest.parse("hg2", "projects/ash", FULL),
+        ArchiveRequest.parse("hgmo", "projects/ash", FULL, subdir="a"),
+    ],
+)
+def test_parse_key_names_the_source_of_a_key(wanted: ArchiveRequest) -> None:
+    assert parse_key(wanted.key) == wanted
+
+
+def test_parse_key_refuses_what_no_source_makes() -> None:
+    assert parse_key("@Bad/x-0123456789ab.tar.gz") is None
+    assert parse_key("@github/-0123456789ab.tar.gz") is None
+    assert parse_key(f"@github/x-{FULL}0.tar.gz") is None

@@ -32,7 +32,12 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseNeverReceived
 
 from archiverd.config import DEFAULT_URL_TEMPLATE, SourceConfig
-from archiverd.errors import BadRequest, UpstreamRefused, UpstreamUnavailable
+from archiverd.errors import (
+    BadRequest,
+    Forbidden,
+    UpstreamRefused,
+    UpstreamUnavailable,
+)
 from archiverd.keys import ArchiveRequest
 from archiverd.sources import Source, error_message
 
@@ -367,3 +372,66 @@ def test_unknown_hosts_refusals_and_resets_are_retried_then_reported(error) -> N
         d = started(src.get(URL))
         clock.advance(1)
     assert result_of(d) is ok
+
+
+# -- kinds and allow-lists ---------------------------------------------------
+
+CODELOAD = "https://codeload.github.com/{repo}/{suffix}/{rev}"
+
+
+def github(**kwargs: object) -> Source:
+    config = SourceConfig("github", CODELOAD, kind="template", **kwargs)  # type: ignore[arg-type]
+    return source(config)
+
+
+def test_a_template_source_keeps_full_commit_ids_whole() -> None:
+    wanted = github().request("mozilla/gecko-dev", NODE)
+    assert wanted.rev == NODE
+    assert wanted.key == f"@github/mozilla/gecko-dev-{NODE}.tar.gz"
+    assert github().archive_url(wanted) == (
+        f"https://codeload.github.com/mozilla/gecko-dev/tar.gz/{NODE}"
+    )
+
+
+@pytest.mark.parametrize("rev", ["main", NODE[:12], NODE[:39], NODE.upper()])
+def test_a_template_source_refuses_what_may_move(rev: str) -> None:
+    with pytest.raises(BadRequest, match="needs a full 40-digit commit id"):
+        github().request("mozilla/gecko-dev", rev)
+
+
+def test_allow_symbolic_takes_names_as_they_are_without_asking_upstream() -> None:
+    upstream = github(allow_symbolic=True)
+    wanted = upstream.request("mozilla/gecko-dev", "main")
+    assert wanted.key == "@github/mozilla/gecko-dev-main.tar.gz"
+    assert result_of(Deferred.fromCoroutine(upstream.resolve(wanted))) == wanted
+
+
+def test_a_template_without_subdir_refuses_a_subdir() -> None:
+    with pytest.raises(BadRequest, match="does not serve subdirectories"):
+        github().request("mozilla/gecko-dev", NODE, subdir="testing")
+
+
+def test_an_hgweb_source_still_cuts_and_resolves() -> None:
+    wanted = source().request("projects/ash", NODE)
+    assert wanted.rev == NODE[:12]
+    assert source().request("projects/ash", "default").is_symbolic
+
+
+@pytest.mark.parametrize(
+    ("repo", "served"),
+    [
+        ("mozilla-central", True),
+        ("projects/ash", True),
+        ("projects/ash/deeper", False),
+        ("users/a/b/c", True),
+        ("users", False),
+        ("try", False),
+    ],
+)
+def test_the_allow_list_refuses_other_repos_with_403(repo: str, served: bool) -> None:
+    upstream = source(hgmo(repos=("mozilla-central", "projects/*", "users/**")))
+    if served:
+        assert upstream.request(repo, NODE).repo == repo
+    else:
+        with pytest.raises(Forbidden, match="does not serve repo"):
+            upstream.request(repo, NODE)

@@ -1,0 +1,248 @@
+"""Logs: mozlog JSON lines (``--log-format json``) and what a URL must not show.
+
+With ``--log-format json`` every log event becomes one line of JSON in the
+mozlog / Dockerflow format that Mozilla's log pipelines ingest::
+
+    {"Timestamp": 1764302736123456768, "Type": "archiverd.tasks.TaskService",
+     "Logger": "archiverd", "Hostname": "web-1", "EnvVersion": "2.0",
+     "Severity": 6, "Pid": 4242, "Fields": {"msg": "...", "key": "..."}}
+
+``Type`` is the event's namespace; each answered HTTP request is one event of
+Type ``request.summary`` (instead of a line of the text access log), with its
+method, path, code, bytes, duration_ms, agent, remote and route. Signatures,
+credentials and security tokens in URLs are redacted, there and in any other
+line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import socket
+import sys
+import time
+from collections.abc import Callable, MutableMapping
+from typing import IO, Any
+
+from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, formatEvent
+from twisted.python import usage
+from twisted.python.reflect import safe_repr
+from twisted.web.server import Request
+from zope.interface import implementer
+
+# -- secrets in URLs ------------------------------------------------------
+
+#: Query parameters whose values are secret: archiverd's own ``signature``,
+#: S3's ``Signature``/``AWSAccessKeyId`` (SigV2) and ``X-Amz-Signature``,
+#: ``X-Amz-Credential``, ``X-Amz-Security-Token`` (SigV4). A value ends at
+#: ``&``, white space, a quote or a backslash (which end it in a JSON line or
+#: a repr, and never occur in a real one).
+_SECRET = rb"(signature|credential|security-token|awsaccesskeyid)=[^&\s\"'\\]*"
+_SECRET_BYTES = re.compile(_SECRET, re.I)
+_SECRET_TEXT = re.compile(_SECRET.decode(), re.I)
+
+
+def has_secret(text: bytes) -> bool:
+    """A cheap first test, true for anything :func:`redact` would change
+    (most lines, every hit and poll, carry no secret)."""
+    lower = text.lower()
+    return (
+        b"signature=" in lower
+        or b"credential=" in lower
+        or b"token=" in lower
+        or b"accesskeyid=" in lower
+    )
+
+
+def redact(text: bytes) -> bytes:
+    """``text`` with the value of every secret query parameter replaced by
+    ``REDACTED``."""
+    return _SECRET_BYTES.sub(rb"\1=REDACTED", text)
+
+
+def _has_secret_text(text: str) -> bool:
+    lower = text.lower()
+    return (
+        "signature=" in lower
+        or "credential=" in lower
+        or "token=" in lower
+        or "accesskeyid=" in lower
+    )
+
+
+def redact_text(text: str) -> str:
+    """:func:`redact` for text."""
+    if not _has_secret_text(text):
+        return text
+    return _SECRET_TEXT.sub(r"\1=REDACTED", text)
+
+
+# -- the JSON observer ----------------------------------------------------
+
+#: Syslog severities, as mozlog wants them.
+SEVERITY = {
+    LogLevel.critical: 2,
+    LogLevel.error: 3,
+    LogLevel.warn: 4,
+    LogLevel.info: 6,
+    LogLevel.debug: 7,
+}
+_INFO = 6
+#: Keys of twisted.python.log's events (Type ``log_legacy``) that say what
+#: the log_* keys already say.
+_LEGACY_KEYS = frozenset(
+    {"message", "isError", "system", "time", "format", "failure", "why", "printed"}
+)
+_PLAIN = frozenset({str, int, bool, type(None)})
+
+
+def _plain(value: object) -> object:
+    """``value`` if JSON can hold it as it is, else its repr."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else repr(value)  # type: ignore[arg-type]
+    try:
+        json.dumps(value, allow_nan=False)
+    except Exception:
+        return safe_repr(value)
+    return value
+
+
+def _traceback(failure: Any) -> str:
+    try:
+        text: str = failure.getTraceback()
+    except Exception as e:
+        return f"(no traceback: {safe_repr(e)})"
+    return text
+
+
+def fields(event: LogEvent) -> dict[str, object]:
+    """An event's ``Fields``: ``msg`` (the formatted message, when there is
+    one), the event's own keys (JSON values kept, others as their repr), and
+    for a failure its traceback in ``error``."""
+    legacy = event.get("log_namespace") == "log_legacy"
+    failure = event.get("log_failure")
+    msg = formatEvent(event)
+    if legacy and failure is None and event.get("isError"):
+        failure = event.get("failure")
+        if failure is not None and not event.get("message"):
+            # Its text is why + traceback: keep the traceback to ``error``.
+            msg = str(event.get("why") or "Unhandled Error")
+    out: dict[str, object] = {"msg": msg} if msg else {}
+    for key, value in event.items():
+        if not key.startswith("log_") and not (legacy and key in _LEGACY_KEYS):
+            out.setdefault(key, _plain(value))
+    if failure is not None:
+        out["error"] = _traceback(failure)
+    return out
+
+
+def mozlog_line(
+    event: LogEvent, logger: str = "archiverd", hostname: str = "", pid: int = 0
+) -> str:
+    """One event as one line of mozlog JSON (newline included), with secrets
+    in URLs redacted."""
+    envelope = {
+        "Timestamp": int(event.get("log_time", time.time()) * 1_000_000_000),
+        "Type": event.get("log_namespace") or "log",
+        "Logger": logger,
+        "Hostname": hostname,
+        "EnvVersion": "2.0",
+        "Severity": SEVERITY.get(event.get("log_level"), _INFO),  # type: ignore[arg-type]
+        "Pid": pid,
+        "Fields": fields(event),
+    }
+    line = json.dumps(envelope, separators=(",", ":"), default=safe_repr)
+    return redact_text(line) + "\n"
+
+
+@implementer(ILogObserver)
+class MozlogObserver:
+    """Writes each event to ``out`` as one line of mozlog JSON."""
+
+    def __init__(self, out: IO[str], logger: str = "archiverd") -> None:
+        self._out = out
+        self._logger = logger
+        self._hostname = socket.gethostname()
+
+    def __call__(self, event: LogEvent) -> None:
+        # getpid per event: twistd forks after making its observer when it
+        # daemonizes.
+        self._out.write(mozlog_line(event, self._logger, self._hostname, os.getpid()))
+        self._out.flush()
+
+
+def stdout_observer() -> ILogObserver:
+    """twistd's ``--logger`` factory for ``--log-format json``."""
+    return MozlogObserver(sys.stdout)
+
+
+def use_json_logs(twistd: MutableMapping[str, Any]) -> None:
+    """Have twistd log mozlog JSON to stdout (the plugin's ``--log-format
+    json``, given twistd's options).
+
+    twistd makes its log observer before it calls ``makeService``, from its
+    own ``--logger`` option, so that is what this sets: then stdout carries
+    nothing but JSON lines, twistd's own included.
+    """
+    if twistd.get("logger"):
+        raise usage.UsageError("--log-format json and twistd's --logger both log")
+    if twistd.get("logfile") not in (None, "-") or twistd.get("syslog"):
+        raise usage.UsageError(
+            "--log-format json writes to stdout: drop twistd's --logfile/--syslog"
+        )
+    if not twistd.get("nodaemon"):
+        raise usage.UsageError("--log-format json writes to stdout: use twistd -n")
+    twistd["logger"] = f"{__name__}.{stdout_observer.__name__}"
+
+
+# -- one event per request ------------------------------------------------
+
+
+class TimedRequest(Request):
+    """A Request that notes when its first line arrived, for ``duration_ms``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.received_at = time.monotonic()
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("utf-8", "replace")
+
+
+class RequestLog:
+    """Logs each answered request as one ``request.summary`` event (error
+    severity for a 5xx). Its duration is measured from ``received_at``
+    (:class:`TimedRequest`), on ``now``'s clock."""
+
+    def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
+        self._now = now
+        # An instance attribute: as a class attribute, Logger would name its
+        # events after this class.
+        self.log = Logger(namespace="request.summary", source=self)
+
+    def __call__(self, request: Any, route: str) -> None:
+        received_at = getattr(request, "received_at", None)
+        address = request.getClientAddress()
+        code = request.code
+        self.log.emit(
+            LogLevel.error if code >= 500 else LogLevel.info,
+            None,
+            method=request.method.decode("ascii", "replace"),
+            path=redact_text(request.uri.decode("utf-8", "replace")),
+            code=code,
+            bytes=request.sentLength,
+            duration_ms=(
+                None
+                if received_at is None
+                else round((self._now() - received_at) * 1000, 3)
+            ),
+            agent=_text(request.getHeader(b"user-agent")),
+            remote=getattr(address, "host", None),
+            route=route,
+        )

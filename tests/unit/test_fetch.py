@@ -1,0 +1,684 @@
+"""archiverd.fetch: the archiverd-fetch client, against a fake opener and a
+fake clock (no network, no real sleeps), and its extraction against crafted
+archives, malicious ones included."""
+
+from __future__ import annotations
+
+import email.message
+import hashlib
+import io
+import json
+import os
+import stat
+import tarfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from archiverd.extract import UnsafeArchive, extract
+from archiverd.fetch import (
+    EXIT_INFRA,
+    EXIT_OK,
+    EXIT_USAGE,
+    UNKNOWN_STATUS,
+    Answer,
+    Backoff,
+    Env,
+    main,
+    retry_after,
+)
+
+SERVER = "http://archiverd.test"
+ARCHIVE_PATH = "/archiver/hgmo/projects/ash/42bf8560b395"
+STATUS_URL = SERVER + "/archiver/status/projects_ash-42bf8560b395.tar.gz"
+SIGNED = "http://storage.test/archive.tar.gz?sig=1"
+TOP = "ash-42bf8560b395"
+
+# -- crafted archives ---------------------------------------------------------
+
+
+def make_tar(entries: list[tuple[str, Any]], mode: str = "w:gz") -> bytes:
+    """entries: (name, bytes) files, (name, None) dirs, (name, ("sym"|"lnk"|
+    "dev", target)) links and devices."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tar:
+        for name, value in entries:
+            info = tarfile.TarInfo(name)
+            if value is None:
+                info.type = tarfile.DIRTYPE
+                info.mode = 0o755
+                tar.addfile(info)
+            elif isinstance(value, tuple):
+                kind, target = value
+                info.type = {
+                    "sym": tarfile.SYMTYPE,
+                    "lnk": tarfile.LNKTYPE,
+                    "dev": tarfile.CHRTYPE,
+                }[kind]
+                info.linkname = target
+                tar.addfile(info)
+            else:
+                info.size = len(value)
+                info.mode = 0o755 if name.endswith(".py") else 0o644
+                tar.addfile(info, io.BytesIO(value))
+    return buf.getvalue()
+
+
+def make_zip(entries: list[tuple[str, Any]]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, value in entries:
+            if value is None:
+                zf.writestr(zipfile.ZipInfo(name.rstrip("/") + "/"), b"")
+            elif isinstance(value, tuple):
+                info = zipfile.ZipInfo(name)
+                info.external_attr = (stat.S_IFLNK | 0o777) << 16
+                zf.writestr(info, value[1].encode())
+            else:
+                info = zipfile.ZipInfo(name)
+                mode = 0o755 if name.endswith(".py") else 0o644
+                info.external_attr = (stat.S_IFREG | mode) << 16
+                zf.writestr(info, value)
+    return buf.getvalue()
+
+
+HG_LIKE = [
+    (f"{TOP}/.hg_archival.txt", b"repo: x\n"),
+    (f"{TOP}/README", b"readme\n"),
+    (f"{TOP}/testing/mozharness/mozharness/__init__.py", b"version = 1\n"),
+    (f"{TOP}/testing/mozharness/scripts/run.py", b"print('run')\n"),
+    (f"{TOP}/testing/mozharness/link", ("sym", "scripts/run.py")),
+    (f"{TOP}/testing/other/x.txt", b"x\n"),
+]
+
+
+def tree(root: Path) -> dict[str, Any]:
+    """Every path under root: file bytes, 'dir', or '-> target'."""
+    out: dict[str, Any] = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            out[rel] = "-> " + os.readlink(path)
+        elif path.is_dir():
+            out[rel] = "dir"
+        else:
+            out[rel] = path.read_bytes()
+    return out
+
+
+def write(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    path = tmp_path / "out" / "dest"
+    path.mkdir(parents=True)
+    return path
+
+
+# -- extraction: what lands where ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("suffix", "maker"),
+    [
+        ("tar.gz", lambda e: make_tar(e, "w:gz")),
+        ("tar.bz2", lambda e: make_tar(e, "w:bz2")),
+        ("zip", make_zip),
+    ],
+)
+def test_extract_keeps_the_subdir_with_top_folder_and_subdir_stripped(
+    tmp_path: Path, dest: Path, suffix: str, maker: Callable[[Any], bytes]
+) -> None:
+    """As the old client did: members under <top>/<subdir>/, prefix gone."""
+    archive = write(tmp_path, f"a.{suffix}", maker(HG_LIKE))
+    assert extract(archive, dest, suffix, "testing/mozharness") == 3
+    assert tree(dest) == {
+        "link": "-> scripts/run.py",
+        "mozharness": "dir",
+        "mozharness/__init__.py": b"version = 1\n",
+        "scripts": "dir",
+        "scripts/run.py": b"print('run')\n",
+    }
+    assert os.stat(dest / "scripts/run.py").st_mode & 0o100
+
+
+def test_extract_without_subdir_strips_only_the_top_folder(
+    tmp_path: Path, dest: Path
+) -> None:
+    archive = write(tmp_path, "a.tar.gz", make_tar(HG_LIKE))
+    extract(archive, dest, "tar.gz")
+    assert (dest / "README").read_bytes() == b"readme\n"
+    assert (dest / "testing/other/x.txt").read_bytes() == b"x\n"
+    assert not (dest / TOP).exists()
+
+
+def test_extract_an_inside_hard_link(tmp_path: Path, dest: Path) -> None:
+    entries = [
+        (f"{TOP}/sub/a.txt", b"a\n"),
+        (f"{TOP}/sub/b.txt", ("lnk", f"{TOP}/sub/a.txt")),
+    ]
+    extract(write(tmp_path, "a.tar", make_tar(entries)), dest, "tar.gz", "sub")
+    assert (dest / "b.txt").read_bytes() == b"a\n"
+
+
+# -- extraction: what is refused -------------------------------------------
+
+MALICIOUS_TARS = {
+    "absolute path": [(f"{TOP}/ok", b"ok"), ("/tmp/evil", b"x")],
+    "dot-dot path": [(f"{TOP}/ok", b"ok"), (f"{TOP}/../../evil", b"x")],
+    "absolute symlink": [(f"{TOP}/ok", b"ok"), (f"{TOP}/l", ("sym", "/etc"))],
+    "symlink leaving DIR": [(f"{TOP}/ok", b"ok"), (f"{TOP}/l", ("sym", "../x"))],
+    "deep symlink leaving DIR": [
+        (f"{TOP}/ok", b"ok"),
+        (f"{TOP}/a/b/l", ("sym", "../../../../outside")),
+    ],
+    "file written through a symlink": [
+        (f"{TOP}/ok", b"ok"),
+        (f"{TOP}/l", ("sym", "a")),
+        (f"{TOP}/l/evil", b"x"),
+    ],
+    "symlink chained through a symlink": [
+        # d1/d2/s -> .. is d1 (inside); lexically a's target is inside,
+        # really it is DIR/.. once s exists.
+        (f"{TOP}/ok", b"ok"),
+        (f"{TOP}/a", ("sym", "d1/d2/s/../../outside")),
+        (f"{TOP}/d1/d2/s", ("sym", "..")),
+    ],
+    "symlink replaced by a file": [
+        (f"{TOP}/ok", b"ok"),
+        (f"{TOP}/l", ("sym", "ok")),
+        (f"{TOP}/l", b"x"),
+    ],
+    "hard link to outside": [
+        (f"{TOP}/ok", b"ok"),
+        (f"{TOP}/h", ("lnk", "/etc/passwd")),
+    ],
+    "hard link to another top folder": [
+        (f"{TOP}/ok", b"ok"),
+        (f"{TOP}/h", ("lnk", "other/file")),
+    ],
+    "hard link to a later member": [
+        (f"{TOP}/h", ("lnk", f"{TOP}/ok")),
+        (f"{TOP}/ok", b"ok"),
+    ],
+    "device": [(f"{TOP}/ok", b"ok"), (f"{TOP}/dev", ("dev", ""))],
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALICIOUS_TARS))
+def test_a_malicious_tar_is_refused_before_anything_is_written(
+    tmp_path: Path, dest: Path, case: str
+) -> None:
+    archive = write(tmp_path, "evil.tar.gz", make_tar(MALICIOUS_TARS[case]))
+    with pytest.raises(UnsafeArchive):
+        extract(archive, dest, "tar.gz")
+    assert tree(dest) == {}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.tar.gz", "out"]
+    assert tree(tmp_path / "out") == {"dest": "dir"}
+
+
+MALICIOUS_ZIPS = {
+    "absolute path": [(f"{TOP}/ok", b"ok"), ("/tmp/evil", b"x")],
+    "dot-dot path": [(f"{TOP}/ok", b"ok"), (f"{TOP}/../../evil", b"x")],
+    "symlink leaving DIR": [(f"{TOP}/ok", b"ok"), (f"{TOP}/l", ("sym", "../x"))],
+    "absolute symlink": [(f"{TOP}/ok", b"ok"), (f"{TOP}/l", ("sym", "/etc"))],
+    "file written through a symlink": [
+        (f"{TOP}/l", ("sym", ".")),
+        (f"{TOP}/l/evil", b"x"),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALICIOUS_ZIPS))
+def test_a_malicious_zip_is_refused_before_anything_is_written(
+    tmp_path: Path, dest: Path, case: str
+) -> None:
+    archive = write(tmp_path, "evil.zip", make_zip(MALICIOUS_ZIPS[case]))
+    with pytest.raises(UnsafeArchive):
+        extract(archive, dest, "zip")
+    assert tree(dest) == {}
+    assert tree(tmp_path / "out") == {"dest": "dir"}
+
+
+@pytest.mark.parametrize("suffix", ["tar.gz", "zip"])
+def test_a_symlink_already_in_dest_cannot_redirect_a_member(
+    tmp_path: Path, dest: Path, suffix: str
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (dest / "sub").symlink_to(outside)
+    entries = [(f"{TOP}/sub/evil", b"x")]
+    data = make_zip(entries) if suffix == "zip" else make_tar(entries)
+    with pytest.raises(UnsafeArchive):
+        extract(write(tmp_path, f"a.{suffix}", data), dest, suffix)
+    assert list(outside.iterdir()) == []
+
+
+# -- Retry-After and backoff -------------------------------------------------
+
+
+def test_retry_after_reads_seconds_and_dates() -> None:
+    assert retry_after("7") == 7.0
+    assert retry_after(None) is None
+    assert retry_after("soon") is None
+    assert retry_after("Thu, 01 Jan 1970 00:01:40 GMT", now=90.0) == 10.0
+    assert retry_after("Thu, 01 Jan 1970 00:01:40 GMT", now=200.0) == 0.0
+    assert retry_after("99999") == 300.0  # capped
+
+
+def test_backoff_doubles_to_its_cap_and_retry_after_wins() -> None:
+    backoff = Backoff(0.5, 10.0)
+    assert [backoff.next() for _ in range(7)] == [0.5, 1, 2, 4, 8, 10, 10]
+    assert backoff.next(3.0) == 3.0
+    backoff.reset()
+    assert backoff.next() == 0.5
+
+
+# -- the client against a fake server ---------------------------------------
+
+
+def answer(
+    status: int, body: bytes | dict[str, Any] = b"", **headers: str
+) -> Callable[[str], Answer]:
+    raw = json.dumps(body).encode() if isinstance(body, dict) else body
+    message = email.message.Message()
+    for name, value in headers.items():
+        message[name.replace("_", "-")] = value
+    return lambda url: Answer(status, message, io.BytesIO(raw), url)
+
+
+def refused(url: str) -> Answer:
+    raise ConnectionRefusedError(111, "Connection refused")
+
+
+def status(state: str, text: str = "", **extra: Any) -> Callable[[str], Answer]:
+    result = {"state": state, "status": text, "src_url": "x", "s3_urls": {}}
+    return answer(200, {"result": {**result, **extra}})
+
+
+class FakeServer:
+    """Answers each URL (matched by prefix) from its own queue; the last
+    answer of a queue repeats."""
+
+    def __init__(self, routes: dict[str, list[Callable[[str], Answer]]]) -> None:
+        self.routes = routes
+        self.requests: list[str] = []
+
+    def __call__(self, url: str, timeout: float) -> Answer:
+        assert timeout > 0
+        self.requests.append(url)
+        for prefix, queue in self.routes.items():
+            if url.startswith(prefix):
+                return (queue.pop(0) if len(queue) > 1 else queue[0])(url)
+        raise AssertionError(f"unexpected request {url}")
+
+
+class Harness:
+    """main() with a fake server, a fake clock and captured stderr."""
+
+    def __init__(self, routes: dict[str, list[Callable[[str], Answer]]]) -> None:
+        self.server = FakeServer(routes)
+        self.now = 0.0
+        self.sleeps: list[float] = []
+        self.stderr = io.StringIO()
+        self.env = Env(
+            opener=self.server,
+            clock=lambda: self.now,
+            sleep=self.sleep,
+            stderr=self.stderr,
+            isatty=False,
+        )
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def run(self, *args: str) -> int:
+        return main(["--server", SERVER, "hgmo", "projects/ash", *args], self.env)
+
+    @property
+    def err(self) -> str:
+        return self.stderr.getvalue()
+
+
+PAYLOAD = make_tar(HG_LIKE)
+SHA = hashlib.sha256(PAYLOAD).hexdigest()
+ARCHIVE = SERVER + ARCHIVE_PATH
+
+
+def download(body: bytes = PAYLOAD, **headers: str) -> Callable[[str], Answer]:
+    return answer(200, body, Content_Length=str(len(body)), **headers)
+
+
+def success(sha256: str = SHA) -> Callable[[str], Answer]:
+    return status("SUCCESS", "done", s3_urls={"r": SIGNED}, sha256=sha256)
+
+
+def test_cold_polls_with_backoff_then_saves_the_checked_archive(
+    tmp_path: Path,
+) -> None:
+    h = Harness(
+        {
+            ARCHIVE: [answer(202, {"result": {}}, Location=STATUS_URL)],
+            STATUS_URL: [
+                status("PENDING", "queued"),
+                status("STARTED", "Downloading archive from hg"),
+                status("PROGRESS", "Uploading: 1 MiB so far"),
+                success(),
+            ],
+            SIGNED: [download()],
+        }
+    )
+    out = tmp_path / "a.tar.gz"
+    assert h.run("42bf8560b395", "-o", str(out)) == EXIT_OK
+    assert out.read_bytes() == PAYLOAD
+    assert h.sleeps == [0.5, 1, 2, 4]
+    assert h.server.requests[0] == ARCHIVE + "?suffix=tar.gz"
+    assert "Uploading: 1 MiB so far" in h.err
+    assert list(tmp_path.iterdir()) == [out]  # no temporary file left
+
+
+def test_request_carries_subdir_suffix_and_region(tmp_path: Path) -> None:
+    h = Harness({ARCHIVE: [answer(302, Location=SIGNED)], SIGNED: [download()]})
+    args = ["--subdir", "testing/mozharness", "--region", "us-west-2"]
+    assert h.run("42bf8560b395", *args, "-o", str(tmp_path / "a")) == EXIT_OK
+    assert h.server.requests[0] == (
+        ARCHIVE + "?suffix=tar.gz&subdir=testing%2Fmozharness"
+        "&preferred_region=us-west-2"
+    )
+
+
+def test_warm_302_checks_the_storage_sha256_and_extracts(tmp_path: Path) -> None:
+    h = Harness(
+        {
+            ARCHIVE: [answer(302, Location=SIGNED)],
+            SIGNED: [download(x_amz_meta_sha256=SHA)],
+        }
+    )
+    dest = tmp_path / "dest"
+    args = ["42bf8560b395", "--subdir", "testing/mozharness", "--dest", str(dest)]
+    assert h.run(*args) == EXIT_OK
+    assert (dest / "scripts/run.py").read_bytes() == b"print('run')\n"
+    assert h.sleeps == []
+    assert "warning" not in h.err
+    assert not [p for p in dest.iterdir() if p.name.startswith(".")]
+
+
+def test_a_302_without_any_sha256_warns(tmp_path: Path) -> None:
+    h = Harness({ARCHIVE: [answer(302, Location=SIGNED)], SIGNED: [download()]})
+    assert h.run("42bf8560b395", "-o", str(tmp_path / "a")) == EXIT_OK
+    assert "no sha256" in h.err
+
+
+@pytest.mark.parametrize("where", ["status", "storage"])
+def test_a_sha256_mismatch_exits_3_and_leaves_nothing(
+    tmp_path: Path, where: str
+) -> None:
+    bad = "0" * 64
+    h = Harness(
+        {
+            ARCHIVE: [answer(202, Location=STATUS_URL)],
+            STATUS_URL: [success(bad if where == "status" else SHA)],
+            SIGNED: [download(x_amz_meta_sha256=bad if where == "storage" else SHA)],
+        }
+    )
+    assert h.run("42bf8560b395", "-o", str(tmp_path / "a")) == EXIT_INFRA
+    assert "sha256 mismatch" in h.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_503_retry_after_is_honoured_and_not_a_failure(tmp_path: Path) -> None:
+    busy = answer(503, {"error": "too many tasks"}, Retry_After="7")
+    accepted = answer(202, Location=STATUS_URL, Retry_After="3")
+    h = Harness(
+        {
+            ARCHIVE: [busy, busy, busy, accepted],
+            STATUS_URL: [success()],
+            SIGNED: [download()],
+        }
+    )
+    args = ["42bf8560b395", "--retries", "0", "-o", str(tmp_path / "a")]
+    assert h.run(*args) == EXIT_OK
+    assert h.sleeps == [7, 7, 7, 3]
+    assert h.err.count("server busy: too many tasks; asking again in 7 s") == 3
+
+
+def test_5xx_and_refused_connections_are_retried_then_succeed(
+    tmp_path: Path,
+) -> None:
+    h = Harness(
+        {
+            ARCHIVE: [refused, answer(502, {"error": "bad gateway"}), refused,
+                      answer(302, Location=SIGNED)],
+            SIGNED: [download()],
+        }
+    )  # fmt: skip
+    assert h.run("42bf8560b395", "-o", str(tmp_path / "a")) == EXIT_OK
+    assert h.sleeps == [0.5, 1, 2]
+
+
+def test_a_server_that_stays_down_exits_3_after_the_retries(tmp_path: Path) -> None:
+    h = Harness({ARCHIVE: [refused]})
+    args = ["42bf8560b395", "--retries", "2", "-o", str(tmp_path / "a")]
+    assert h.run(*args) == EXIT_INFRA
+    assert len(h.server.requests) == 3
+    assert "cannot reach http://archiverd.test" in h.err
+    assert h.err.count("\n") == 1  # one clear line
+
+
+def test_persistent_5xx_exits_3_quoting_the_server(tmp_path: Path) -> None:
+    h = Harness({ARCHIVE: [answer(500, {"error": "internal error; see log"})]})
+    args = ["42bf8560b395", "--retries", "1", "-o", str(tmp_path / "a")]
+    assert h.run(*args) == EXIT_INFRA
+    assert "server answered 500: internal error; see log" in h.err
+
+
+def test_a_4xx_is_a_usage_error_quoting_the_server(tmp_path: Path) -> None:
+    h = Harness({ARCHIVE: [answer(400, {"error": "rev contains '/'"})]})
+    assert h.run("42bf8560b395", "-o", str(tmp_path / "a")) == EXIT_USAGE
+    assert "server refused the request (400): rev contains '/'" in h.err
+    assert h.sleeps == []
+
+
+def test_a_failed_task_exits_3_with_its_cause(tmp_path: Path) -> None:
+    cause = "hg.example answered 404 for http://…: unknown revision"
+    h = Harness(
+        {
+            ARCHIVE: [answer(202, Location=STATUS_URL)],
+            STATUS_URL: [status("STARTED", "Downloading"), status("FAILURE", cause)],
+        }
+    )
+    assert h.run("42bf8560b395", "-o", str(tmp_path / "a")) == EXIT_INFRA
+    assert h.err.splitlines()[-1] == (
+        f"archiverd-fetch: archiverd could not fetch the archive: {cause}"
+    )
+
+
+def test_the_overall_timeout_exits_3(tmp_path: Path) -> None:
+    h = Harness(
+        {
+            ARCHIVE: [answer(202, Location=STATUS_URL)],
+            STATUS_URL: [status("STARTED", "Downloading")],
+        }
+    )
+    args = ["42bf8560b395", "--timeout", "30", "-o", str(tmp_path / "a")]
+    assert h.run(*args) == EXIT_INFRA
+    assert "timed out after 30 s" in h.err
+    assert h.now <= 30
+
+
+def test_a_forgotten_task_is_asked_for_again(tmp_path: Path) -> None:
+    """archiverd restarted mid-poll: its status says PENDING with no source."""
+    forgotten = answer(
+        200,
+        {"result": {"state": "PENDING", "status": UNKNOWN_STATUS, "src_url": "",
+                    "s3_urls": {}}},
+    )  # fmt: skip
+    h = Harness(
+        {
+            ARCHIVE: [answer(202, Location=STATUS_URL), answer(302, Location=SIGNED)],
+            STATUS_URL: [forgotten],
+            SIGNED: [download()],
+        }
+    )
+    assert h.run("42bf8560b395", "-o", str(tmp_path / "a")) == EXIT_OK
+    assert [u.split("?")[0] for u in h.server.requests] == [
+        ARCHIVE,
+        STATUS_URL,
+        ARCHIVE,
+        SIGNED.split("?")[0],
+    ]
+
+
+def test_a_download_cut_short_is_retried_from_a_fresh_location(
+    tmp_path: Path,
+) -> None:
+    short = answer(200, PAYLOAD[:100], Content_Length=str(len(PAYLOAD)))
+    h = Harness({ARCHIVE: [answer(302, Location=SIGNED)], SIGNED: [short, download()]})
+    out = tmp_path / "a"
+    assert h.run("42bf8560b395", "-o", str(out)) == EXIT_OK
+    assert out.read_bytes() == PAYLOAD
+    assert [u.split("?")[0] for u in h.server.requests].count(ARCHIVE) == 2
+    assert "cut short" in h.err
+
+
+def test_an_expired_signed_url_is_replaced(tmp_path: Path) -> None:
+    h = Harness(
+        {
+            ARCHIVE: [answer(302, Location=SIGNED)],
+            SIGNED: [answer(403, {"error": "expired"}), download()],
+        }
+    )
+    assert h.run("42bf8560b395", "-o", str(tmp_path / "a")) == EXIT_OK
+
+
+def test_an_unsafe_archive_exits_3_and_leaves_dest_clean(tmp_path: Path) -> None:
+    evil = make_tar(MALICIOUS_TARS["symlink leaving DIR"])
+    h = Harness({ARCHIVE: [answer(302, Location=SIGNED)], SIGNED: [download(evil)]})
+    dest = tmp_path / "dest"
+    assert h.run("42bf8560b395", "--dest", str(dest)) == EXIT_INFRA
+    assert "refusing symlink 'l' -> '../x': it leaves DIR" in h.err
+    assert list(dest.iterdir()) == []
+
+
+def test_a_corrupt_archive_exits_3(tmp_path: Path) -> None:
+    h = Harness(
+        {ARCHIVE: [answer(302, Location=SIGNED)], SIGNED: [download(b"not a tar")]}
+    )
+    assert h.run("42bf8560b395", "--dest", str(tmp_path)) == EXIT_INFRA
+    assert "cannot read the archive" in h.err
+
+
+# -- progress ---------------------------------------------------------------
+
+
+def big_download(h: Harness, size: int) -> Callable[[str], Answer]:
+    class Slow(io.BytesIO):
+        def read(self, n: int | None = -1) -> bytes:
+            h.now += 0.1  # each MiB takes 0.1 s: 10 MiB/s
+            return super().read(n)
+
+    message = email.message.Message()
+    message["Content-Length"] = str(size)
+    return lambda url: Answer(200, message, Slow(b"\0" * size), url)
+
+
+def test_progress_off_a_terminal_is_a_line_per_tenth(tmp_path: Path) -> None:
+    h = Harness({ARCHIVE: [answer(302, Location=SIGNED)]})
+    h.server.routes[SIGNED] = [big_download(h, 20 * 1024 * 1024)]
+    assert h.run("42bf8560b395", "-o", str(tmp_path / "a")) == EXIT_OK
+    lines = [line for line in h.err.splitlines() if "downloaded" in line]
+    assert len(lines) == 10
+    assert "\r" not in h.err
+    assert lines[-1].startswith(
+        "archiverd-fetch: downloaded 20.0 MiB / 20.0 MiB (100%)"
+    )
+
+
+def test_progress_on_a_terminal_is_one_updating_line(tmp_path: Path) -> None:
+    h = Harness({ARCHIVE: [answer(302, Location=SIGNED)]})
+    h.env.isatty = True
+    h.server.routes[SIGNED] = [big_download(h, 20 * 1024 * 1024)]
+    assert h.run("42bf8560b395", "-o", str(tmp_path / "a")) == EXIT_OK
+    drawn = h.err.split("\n")[0].split("\r")[1:]
+    assert len(drawn) > 5
+    assert (
+        "MiB / 20.0 MiB" in drawn[3] and "MiB/s" in drawn[3] and "ETA 0:00:" in drawn[3]
+    )
+    assert "(100%)" in drawn[-1]
+
+
+# -- usage ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],  # nothing
+        ["--server", SERVER, "hgmo", "repo", "rev"],  # neither --dest nor -o
+        ["--server", SERVER, "hgmo", "r", "v", "--dest", "d", "-o", "f"],  # both
+        ["--server", SERVER, "hgmo", "r", "v", "-o", "f", "--suffix", "rar"],
+        ["--server", SERVER, "hgmo", "r", "v", "-o", "f", "--timeout", "x"],
+    ],
+)
+def test_bad_usage_exits_1(args: list[str], capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == EXIT_USAGE
+    assert "usage: archiverd-fetch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--server", "ftp://x", "hgmo", "r", "v", "-o", "{tmp}/f"],
+        ["--server", SERVER, "hgmo", "r", "v", "-o", "{tmp}/missing/f"],
+        ["--server", SERVER, "hgmo", "r", "v", "-o", "{tmp}"],
+    ],
+)
+def test_bad_values_exit_1_before_any_request(tmp_path: Path, args: list[str]) -> None:
+    h = Harness({})
+    code = main([a.format(tmp=tmp_path) for a in args], h.env)
+    assert code == EXIT_USAGE
+    assert h.server.requests == []
+
+
+def test_a_redirect_from_storage_is_followed(tmp_path: Path) -> None:
+    moved = "http://storage.test/elsewhere"
+    h = Harness(
+        {
+            ARCHIVE: [answer(302, Location=SIGNED)],
+            SIGNED: [answer(307, Location=moved)],
+            moved: [download(x_amz_meta_sha256=SHA)],
+        }
+    )
+    assert h.run("42bf8560b395", "-o", str(tmp_path / "a")) == EXIT_OK
+    assert (tmp_path / "a").read_bytes() == PAYLOAD
+
+
+def test_a_body_that_breaks_off_is_fetched_again(tmp_path: Path) -> None:
+    class Broken(io.BytesIO):
+        def read(self, n: int | None = -1) -> bytes:
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+    def broken(url: str) -> Answer:
+        return Answer(200, email.message.Message(), Broken(), url)
+
+    h = Harness({ARCHIVE: [answer(302, Location=SIGNED)], SIGNED: [broken, download()]})
+    assert h.run("42bf8560b395", "-o", str(tmp_path / "a")) == EXIT_OK
+    assert "download broke off after 0 bytes" in h.err
+    assert list(tmp_path.iterdir()) == [tmp_path / "a"]
+
+
+def test_dest_that_is_a_file_exits_1(tmp_path: Path) -> None:
+    h = Harness({})
+    (tmp_path / "f").write_bytes(b"")
+    assert h.run("42bf8560b395", "--dest", str(tmp_path / "f")) == EXIT_USAGE
+    assert h.server.requests == []
