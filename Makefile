@@ -29,6 +29,7 @@ run: install
 
 test: install lint
 	scripts/radosgw.sh install
+	scripts/redis.sh install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
@@ -41,6 +42,7 @@ unit: install
 
 integration: install
 	scripts/radosgw.sh install
+	scripts/redis.sh install
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 bench: install

@@ -60,6 +60,7 @@ setup(
         "klein>=24.8",
         "botocore>=1.36",
         "prometheus-client>=0.20",
+        "redis>=8.1",
     ],
     entry_points={"console_scripts": ["archiverd-fetch = archiverd.fetch:main"]},
     cmdclass={"build_py": BuildWithVersion},

@@ -1,0 +1,512 @@
+"""What lets several archiverd daemons act as one: locks, slots, a queue and
+task records, in Redis.
+
+The client is redis-py, called through ``deferToThreadPool`` on a dedicated
+``ThreadPool`` (as :mod:`archiverd.storage.service` runs botocore), measured
+against txredisapi (Twisted's own Redis protocol, pipelined on the reactor) by
+``python -m bench.redis_client``: one run, both against one redis-server 7.0.15
+on loopback, 2 cores, Python 3.11.7, Twisted 26.10.0, txredisapi 1.6.0,
+redis-py 8.1.0 (10 threads); median of 5 rounds of 5,000 ops; CPU is the
+whole process's, per op:
+
+===========================  ==========  =========  ==========  =========
+call, client                 sequential  CPU µs     50 callers  CPU µs
+                             µs/op                  ops/s
+===========================  ==========  =========  ==========  =========
+HGETALL 10 fields, txredis   660         517        1,958       507
+HGETALL 10 fields, redis-py  325         264        3,751       256
+SET NX PX, txredisapi        137         103        23,823      40
+SET NX PX, redis-py          241         192        5,914       145
+===========================  ==========  =========  ==========  =========
+
+(Three runs on this noisy machine agreed on the direction: txredisapi's
+latency ÷ redis-py's was 2.0-3.0× on HGETALL and 0.5-0.57× on SET NX.)
+
+Why redis-py on a thread pool:
+
+- Neither is a bottleneck: the fleet makes a few calls per cold archive and
+  one per status poll of another daemon's task, tens to hundreds a second,
+  far under either's ceiling. txredisapi is ~2× faster (and 4× cheaper under
+  load) on one-value replies (locks, slots, queue); redis-py is 2-3× faster and
+  half the CPU on the task record, because txredisapi's line parser pauses the
+  transport and takes one reactor turn (``callLater(0)``) per element of a
+  multi-value reply: ~500 µs of CPU per HGETALL, all on the reactor thread
+  that answers hits.
+- txredisapi imports ``twisted.internet.reactor`` at module level (installing
+  the default reactor on import) and times out, reconnects and backs off (up
+  to 10 s) on that global reactor, so none of it runs on an injected clock.
+  Its default ``convertNumbers=True`` turns a stored "0" into ``0``.
+- redis-py is Redis' own client and the most used; a blocking call is bounded
+  by its socket timeouts; and a blocking client on a dedicated pool, with the
+  reactor passed in, is already this daemon's pattern (STYLE.md).
+- Both are maintained (txredisapi 1.6.0 released 2026-10, redis-py 8.1.0
+  2026-07) and both work on Twisted 26.10 (the bench runs both).
+
+Semantics: every key starts with ``prefix``. Times that daemons compare (slot
+and queue expiries) come from Redis' own clock (``TIME`` in Lua), never from a
+host's. Every call is bounded by ``timeout`` and raises :class:`FleetUnavailable`
+on connection trouble, so callers can answer 503; the daemon starts and keeps
+serving with Redis down, and a lost connection is remade by the next call.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ReadOnlyError
+from redis.retry import Retry
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+T = TypeVar("T")
+
+
+class FleetUnavailable(Exception):
+    """Redis could not be reached or did not answer in time (HTTP 503)."""
+
+
+# Errors that mean "Redis is not usable now", not "this call was wrong".
+# BusyLoadingError is a ConnectionError; ReadOnlyError comes from a replica
+# being promoted during a failover.
+_UNAVAILABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    ReadOnlyError,
+    OSError,
+)
+
+# Taken, or already ours (so that a retried SET cannot refuse its own lock).
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return 1
+end
+return 0
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: slots zset (token -> expiry ms). ARGV: token, limit, ttl ms.
+_TAKE_SLOT = (
+    _NOW
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local expiry = string.format('%d', now + tonumber(ARGV[3]))
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+    redis.call('ZADD', KEYS[1], expiry, ARGV[1])
+    return 1
+end
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+    redis.call('ZADD', KEYS[1], expiry, ARGV[1])
+    return 1
+end
+return 0
+"""
+)
+
+# KEYS: slots zset. ARGV: token, ttl ms. An expired slot is not renewed.
+_RENEW_SLOT = (
+    _NOW
+    + """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) > now then
+    redis.call('ZADD', KEYS[1], string.format('%d', now + tonumber(ARGV[2])),
+               ARGV[1])
+    return 1
+end
+return 0
+"""
+)
+
+# KEYS: queue zset (token -> place), expiry zset (token -> expiry ms), place
+# counter. ARGV: token, ttl ms. Keeps a token's place; refreshes its expiry.
+_ENQUEUE = (
+    _NOW
+    + """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+    redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[3]), ARGV[1])
+end
+redis.call('ZADD', KEYS[2], string.format('%d', now + tonumber(ARGV[2])), ARGV[1])
+return 1
+"""
+)
+
+# KEYS: queue zset, expiry zset. ARGV: token. Drops expired entries first.
+_POSITION = (
+    _NOW
+    + """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+for i = 1, #expired, 500 do
+    local batch = {unpack(expired, i, math.min(i + 499, #expired))}
+    redis.call('ZREM', KEYS[1], unpack(batch))
+    redis.call('ZREM', KEYS[2], unpack(batch))
+end
+return redis.call('ZRANK', KEYS[1], ARGV[1])
+"""
+)
+
+# KEYS: task hash. ARGV: ttl ms, field, value, field, value, ...
+_SAVE_TASK = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return redis.call('PEXPIRE', KEYS[1], ARGV[1])
+"""
+
+# Never brings back an expired record with only some of its fields.
+_UPDATE_TASK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return redis.call('PEXPIRE', KEYS[1], ARGV[1])
+"""
+
+
+def default_instance() -> str:
+    """``host:pid``: names this daemon in tokens and logs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def milliseconds(seconds: float) -> int:
+    """A TTL in seconds as Redis' whole milliseconds, at least 1."""
+    if seconds <= 0:
+        raise ValueError(f"a TTL must be positive, not {seconds!r}")
+    return max(1, round(seconds * 1000))
+
+
+def _flatten(fields: dict[str, str]) -> list[str]:
+    if not fields:
+        raise ValueError("a task record needs at least one field")
+    out: list[str] = []
+    for name, value in fields.items():
+        out += [name, value]
+    return out
+
+
+class RedisFleet:
+    """Coordination primitives shared by every daemon using one Redis.
+
+    ``clock`` is the reactor (``IReactorTime`` and ``IReactorFromThreads``):
+    redis-py runs on this object's own thread pool and every method returns
+    on the reactor thread. Call :meth:`start` before anything else.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        url: str,
+        clock: Any,
+        *,
+        prefix: str = "archiverd:",
+        instance: str | None = None,
+        timeout: float = 2.0,
+        threads: int = 8,
+        ping_interval: float = 1.0,
+    ) -> None:
+        self.prefix = prefix
+        self.instance = instance or default_instance()
+        self.timeout = timeout
+        self._clock = clock
+        self._ping_interval = ping_interval
+        # Parsed now, so a bad URL stops start-up; nothing connects yet.
+        self._client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            max_connections=threads,
+            client_name=f"archiverd:{self.instance}",
+            # One immediate retry remakes a connection the server dropped
+            # (a restart); more would only hold a thread while it is down.
+            # Not after a timeout: that would double the wait on a hung
+            # server, and send the command twice.
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        )
+        self._pool = ThreadPool(
+            minthreads=0, maxthreads=threads, name="archiverd-redis"
+        )
+        self._pool.threadFactory = _daemon_thread  # type: ignore[assignment]
+        self._scripts = {
+            name: self._client.register_script(lua)
+            for name, lua in (
+                ("acquire", _ACQUIRE),
+                ("renew", _RENEW),
+                ("release", _RELEASE),
+                ("take_slot", _TAKE_SLOT),
+                ("renew_slot", _RENEW_SLOT),
+                ("enqueue", _ENQUEUE),
+                ("position", _POSITION),
+                ("save_task", _SAVE_TASK),
+                ("update_task", _UPDATE_TASK),
+            )
+        }
+        self._started = False
+        self._up = False
+        self._pinger: LoopingCall | None = None
+        self._pinging: Deferred[None] | None = None
+
+    # -- life cycle ---------------------------------------------------------
+
+    @property
+    def up(self) -> bool:
+        """Whether the last call to Redis worked."""
+        return self._up
+
+    async def start(self) -> None:
+        """Start the thread pool and see whether Redis answers; never raises
+        for Redis being down (calls raise :class:`FleetUnavailable` then, and
+        work again once it is back)."""
+        if self._started:
+            return
+        self._started = True
+        self._pool.start()
+        try:
+            await self.ping()
+        except FleetUnavailable as e:
+            self.log.warn("redis is not available yet: {error}", error=str(e))
+        else:
+            self.log.info("redis is up")
+        self._pinger = LoopingCall(self._ping_quietly)
+        self._pinger.clock = self._clock
+        d = self._pinger.start(self._ping_interval, now=False)
+        d.addErrback(lambda f: self.log.failure("redis health checks stopped", f))
+
+    async def stop(self) -> None:
+        """Stop pinging, close the connections and stop the pool."""
+        if not self._started:
+            return
+        self._started = False
+        if self._pinger is not None and self._pinger.running:
+            self._pinger.stop()
+        if self._pinging is not None:
+            await self._pinging
+        try:
+            await deferToThreadPool(
+                self._clock, self._pool, self._client.connection_pool.disconnect
+            )
+        except Exception:
+            self.log.failure("closing redis connections")
+        self._up = False
+        # ThreadPool.stop() joins the threads, one of which may be in a call
+        # for up to ``timeout``: wait for that off the reactor thread.
+        stopped: Deferred[None] = Deferred()
+
+        def stop_pool() -> None:
+            self._pool.stop()
+            self._clock.callFromThread(stopped.callback, None)
+
+        threading.Thread(
+            target=stop_pool, name="archiverd-redis-stop", daemon=True
+        ).start()
+        await stopped
+
+    def _ping_quietly(self) -> None:
+        if self._pinging is not None:
+            return
+
+        def done(result: object) -> None:
+            self._pinging = None
+
+        async def ping() -> None:
+            try:
+                await self.ping()
+            except FleetUnavailable:
+                pass  # _call logged the change of state
+
+        self._pinging = Deferred.fromCoroutine(ping())
+        self._pinging.addErrback(lambda f: self.log.failure("redis ping", f))
+        self._pinging.addBoth(done)
+
+    async def ping(self) -> None:
+        """Raise :class:`FleetUnavailable` unless Redis answers in time."""
+        await self._call(self._client.ping)
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` on the pool, within ``timeout``."""
+        if not self._started:
+            raise FleetUnavailable("redis: not started")
+        abandoned = threading.Event()
+        deadline = time.monotonic() + self.timeout
+
+        def run() -> T:
+            # A call still waiting for a thread when its caller gives up is
+            # not made: it would take a lock or a slot nobody will release.
+            # (The deadline, read on this thread, settles the race with the
+            # reactor's timeout.)
+            if abandoned.is_set() or time.monotonic() >= deadline:
+                raise FleetUnavailable("redis: gave up waiting for a thread")
+            return fn(*args, **kwargs)
+
+        d = deferToThreadPool(self._clock, self._pool, run)
+        d.addTimeout(self.timeout, self._clock)
+        try:
+            result = await d
+        except (DeferredTimeout, CancelledError) as e:
+            abandoned.set()
+            self._went_down(f"no answer within {self.timeout:g} s")
+            raise FleetUnavailable(f"redis: no answer within {self.timeout:g} s") from e
+        except _UNAVAILABLE as e:
+            self._went_down(str(e) or type(e).__name__)
+            raise FleetUnavailable(f"redis: {e}") from e
+        if not self._up:
+            self._up = True
+            self.log.info("redis is up")
+        return result
+
+    def _went_down(self, why: str) -> None:
+        if self._up:
+            self.log.warn("redis is down: {why}", why=why)
+        self._up = False
+
+    def _key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def _token(self) -> str:
+        return f"{self.instance}:{secrets.token_hex(16)}"
+
+    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._call(self._scripts[name], keys=keys, args=args)
+
+    # -- locks ---------------------------------------------------------------
+
+    async def acquire(self, key: str, ttl: float) -> str | None:
+        """Take the lock on ``key`` for ``ttl`` seconds: its token, or None
+        when another holds it."""
+        token = self._token()
+        taken = await self._script(
+            "acquire", [self._key("lock", key)], [token, milliseconds(ttl)]
+        )
+        return token if taken else None
+
+    async def renew(self, key: str, token: str, ttl: float) -> bool:
+        """Extend the lock to ``ttl`` seconds from now, if still ours."""
+        return bool(
+            await self._script(
+                "renew", [self._key("lock", key)], [token, milliseconds(ttl)]
+            )
+        )
+
+    async def release(self, key: str, token: str) -> bool:
+        """Drop the lock if it is still ours; False when it was not."""
+        return bool(await self._script("release", [self._key("lock", key)], [token]))
+
+    async def holds(self, key: str, token: str) -> bool:
+        """Whether ``token`` still holds the lock (the fencing check made
+        before completing an upload: a holder that lost it must not)."""
+        value = await self._call(self._client.get, self._key("lock", key))
+        return bool(value == token)
+
+    # -- fleet-wide concurrency limit ---------------------------------------
+
+    async def take_slot(self, token: str, limit: int, ttl: float) -> bool:
+        """Take one of ``limit`` fleet-wide slots for ``ttl`` seconds (slots
+        whose holder stopped renewing are freed first). True if ``token``
+        holds one (already holding one renews it)."""
+        return bool(
+            await self._script(
+                "take_slot",
+                [self._key("slots")],
+                [token, int(limit), milliseconds(ttl)],
+            )
+        )
+
+    async def renew_slot(self, token: str, ttl: float) -> bool:
+        """Keep the slot ``ttl`` seconds more; False if it had expired."""
+        return bool(
+            await self._script(
+                "renew_slot", [self._key("slots")], [token, milliseconds(ttl)]
+            )
+        )
+
+    async def release_slot(self, token: str) -> None:
+        await self._call(self._client.zrem, self._key("slots"), token)
+
+    # -- fleet queue ---------------------------------------------------------
+
+    async def enqueue(self, token: str, ttl: float = 30.0) -> None:
+        """Join the queue (or, if in it, keep its place) for ``ttl`` seconds:
+        call again before then to stay, or :meth:`position` drops it."""
+        await self._script(
+            "enqueue",
+            [self._key("queue"), self._key("queue", "expiry"), self._key("queue", "n")],
+            [token, milliseconds(ttl)],
+        )
+
+    async def position(self, token: str) -> int | None:
+        """How many are ahead of ``token`` in the queue; None if not in it."""
+        rank = await self._script(
+            "position",
+            [self._key("queue"), self._key("queue", "expiry")],
+            [token],
+        )
+        return None if rank is None else int(rank)
+
+    async def dequeue(self, token: str) -> None:
+        await self._call(self._dequeue, token)
+
+    def _dequeue(self, token: str) -> None:
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.zrem(self._key("queue"), token)
+            pipe.zrem(self._key("queue", "expiry"), token)
+            pipe.execute()
+
+    # -- task records --------------------------------------------------------
+
+    async def save_task(self, task_id: str, fields: dict[str, str], ttl: float) -> None:
+        """Replace the task's record with ``fields``, kept ``ttl`` seconds."""
+        await self._script(
+            "save_task",
+            [self._key("task", task_id)],
+            [milliseconds(ttl), *_flatten(fields)],
+        )
+
+    async def load_task(self, task_id: str) -> dict[str, str] | None:
+        """The task's record; None if there is none (or it expired)."""
+        record = await self._call(self._client.hgetall, self._key("task", task_id))
+        return {str(k): str(v) for k, v in record.items()} if record else None
+
+    async def update_task(
+        self, task_id: str, fields: dict[str, str], ttl: float
+    ) -> bool:
+        """Set ``fields`` in the task's record and keep it ``ttl`` seconds
+        more; False (and nothing written) when there is no record."""
+        return bool(
+            await self._script(
+                "update_task",
+                [self._key("task", task_id)],
+                [milliseconds(ttl), *_flatten(fields)],
+            )
+        )
+
+
+def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
+    return threading.Thread(*args, daemon=True, **kwargs)
