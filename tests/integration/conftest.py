@@ -12,8 +12,6 @@ import os
 import pytest
 import pytest_twisted
 from daemon import InProcess
-# Debian's redis-server on loopback, for the fleet tests.
-from redis_fixture import redis, redis_server  # noqa: F401
 from fixtures import (
     MOTO_ENV,
     MOTO_ENV_REMOVED,
@@ -25,6 +23,9 @@ from fixtures import (
     S3Buckets,
     build_standard_repos,
 )
+
+# Debian's redis-server on loopback, for the fleet tests.
+from redis_fixture import redis, redis_server  # noqa: F401
 
 
 @pytest.fixture(scope="session")
