@@ -139,6 +139,21 @@ class TasksConfig:
 
 
 @dataclass(frozen=True)
+class CoordinationConfig:
+    #: "memory": one daemon, its own task table; "redis": several daemons
+    #: share tasks, locks and the concurrency limit through Redis.
+    backend: str = "memory"
+    url: str = ""
+    #: Every Redis key starts with this.
+    prefix: str = "archiverd:"
+    #: Seconds a task's lock outlives its holder (renewed while it runs):
+    #: how long a killed daemon's work waits before another takes it over.
+    lock_ttl: float = 30.0
+    #: Seconds each Redis call may take before it counts as unavailable.
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = DEFAULT_LISTEN
     public_url: str | None = None
@@ -150,6 +165,7 @@ class Config:
     tasks: TasksConfig = field(default_factory=TasksConfig)
     #: Seconds to finish aborting uploads on SIGTERM before exiting anyway.
     shutdown_grace: float = 10.0
+    coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
 
 
 class _Table:
@@ -378,6 +394,7 @@ def parse(raw: Mapping[str, Any]) -> Config:
         max_tasks=_integer(tasks, "max_tasks", 10000, 1, 10_000_000),
     )
     tasks.done()
+    coordination = _coordination(top.table("coordination"))
     top.done()
 
     return Config(
@@ -388,7 +405,28 @@ def parse(raw: Mapping[str, Any]) -> Config:
         PipelineConfig(part_size, in_flight, read_size),
         tasks_config,
         shutdown_grace,
+        coordination,
     )
+
+
+def _coordination(table: _Table) -> CoordinationConfig:
+    backend = table.take("backend", str, "memory")
+    if backend not in ("memory", "redis"):
+        raise ConfigError(f"{table.name('backend')}: expected 'memory' or 'redis'")
+    url = table.take("url", str, "")
+    if backend == "redis" and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"{table.name('url')}: expected redis://HOST:PORT/DB for backend 'redis'"
+        )
+    config = CoordinationConfig(
+        backend,
+        url,
+        prefix=table.take("prefix", str, "archiverd:"),
+        lock_ttl=float(_number(table, "lock_ttl", 30.0, 1, 3600)),
+        timeout=float(_number(table, "timeout", 2.0, 0.1, 60)),
+    )
+    table.done()
+    return config
 
 
 def _subtable(raw: dict[str, Any], key: str, path: str) -> dict[str, Any]:

@@ -182,6 +182,18 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 return redis.call('PEXPIRE', KEYS[1], ARGV[1])
 """
 
+# The holder's heartbeat, fenced: renew the lock and rewrite the task record,
+# only while the lock is still this token's. KEYS: lock, record; ARGV: token,
+# lock ttl ms, record ttl ms, fields...
+_KEEP = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+
 # Never brings back an expired record with only some of its fields.
 _UPDATE_TASK = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -267,6 +279,7 @@ class RedisFleet:
                 ("position", _POSITION),
                 ("save_task", _SAVE_TASK),
                 ("update_task", _UPDATE_TASK),
+                ("keep", _KEEP),
             )
         }
         self._started = False
@@ -487,6 +500,29 @@ class RedisFleet:
             "save_task",
             [self._key("task", task_id)],
             [milliseconds(ttl), *_flatten(fields)],
+        )
+
+    async def keep(
+        self,
+        key: str,
+        token: str,
+        lock_ttl: float,
+        task_id: str,
+        fields: dict[str, str],
+        record_ttl: float,
+    ) -> bool:
+        """While ``token`` holds the lock on ``key``: renew it for
+        ``lock_ttl`` and replace the task's record with ``fields`` for
+        ``record_ttl``, in one atomic step. False (nothing written) when the
+        lock is no longer ours: a holder that lost it cannot overwrite the
+        record of the one that took over."""
+        return bool(
+            await self._script(
+                "keep",
+                [self._key("lock", key), self._key("task", task_id)],
+                [token, milliseconds(lock_ttl), milliseconds(record_ttl)]
+                + _flatten(fields),
+            )
         )
 
     async def load_task(self, task_id: str) -> dict[str, str] | None:

@@ -47,7 +47,10 @@ class Health:
         sources: Mapping[str, Source],
         clock: IReactorTime,
         timeout: float = CHECK_TIMEOUT,
+        fleet: Any = None,
     ) -> None:
+        #: The fleet's Redis (a RedisFleet), when there is one.
+        self.fleet = fleet
         self.storage = storage
         self.sources = sources
         self.clock = clock
@@ -59,6 +62,8 @@ class Health:
             checks[f"storage:{region}"] = partial(self.storage.check, region)
         for name, source in self.sources.items():
             checks[f"upstream:{name}"] = partial(source.check, self.timeout)
+        if self.fleet is not None:
+            checks["redis"] = self.fleet.ping
         return checks
 
     async def _run(self, check: Callable[[], Awaitable[Any]]) -> str | None:

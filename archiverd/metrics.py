@@ -80,6 +80,22 @@ class Metrics:
         """Export the task table's sizes (read at each scrape)."""
         self.registry.register(_TaskCollector(tasks))
 
+    def watch_fleet(self, fleet: Any) -> None:
+        """Export whether the fleet's Redis answers (read at each scrape)."""
+        self.registry.register(_FleetCollector(fleet))
+
+
+class _FleetCollector(Collector):
+    def __init__(self, fleet: Any) -> None:
+        self.fleet = fleet
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "archiverd_redis_up",
+            "1 while the fleet's Redis answers (pinged every second), else 0.",
+            value=1 if self.fleet.up else 0,
+        )
+
 
 class _TaskCollector(Collector):
     def __init__(self, tasks: Any) -> None:

@@ -237,8 +237,12 @@ class Transfer:
         offload: Callable[..., Awaitable[Any]] | None = None,
         read_size: int | None = None,
         metrics: Metrics | None = None,
+        fence: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        #: Raises if this transfer may no longer make its object visible
+        #: (another daemon took its work over); checked before completing.
+        self._fence = fence
         self._counted = 0
         self.source = source
         self.read_size = read_size
@@ -316,6 +320,7 @@ class Transfer:
             if self._parts == 0:
                 self._hash(rest)
                 sha256 = await self._digest()
+                await self._check_fence()
                 await self._for_each_region(self._put, rest, sha256)
             else:
                 if rest:
@@ -323,6 +328,7 @@ class Transfer:
                 await self._drain()
                 self._raise_error()
                 sha256 = await self._digest()
+                await self._check_fence()
                 await self._for_each_region(self._complete, cutter.received, sha256)
             return Outcome(cutter.received, sha256)
         except BaseException:
@@ -330,6 +336,10 @@ class Transfer:
             # Shielded: a second cancel must not cut the clean-up short.
             await _shielded(Deferred.fromCoroutine(self._clean_up()))
             raise
+
+    async def _check_fence(self) -> None:
+        if self._fence is not None:
+            await self._fence()
 
     async def _clean_up(self) -> None:
         """After a failure: let storage calls finish, then abort the uploads.
@@ -583,6 +593,7 @@ class Fetcher:
             offload=self.storage.call,
             read_size=self.read_size,
             metrics=self.metrics,
+            fence=task.fence,
         )
         limit = source.config.total_timeout
         run = Deferred.fromCoroutine(transfer.run())

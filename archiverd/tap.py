@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import treq
@@ -23,6 +24,8 @@ from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
 from archiverd import __version__
 from archiverd.config import Config, ConfigError, load
+from archiverd.fleet import RedisFleet
+from archiverd.fleet_tasks import FleetTaskService
 from archiverd.health import Health
 from archiverd.logs import RequestLog, TimedRequest, use_json_logs
 from archiverd.memory import fix_mmap_threshold
@@ -63,6 +66,22 @@ class Options(usage.Options):
             raise usage.UsageError("--log-format must be text or json")
         if self["log-format"] == "json" and self.parent is not None:
             use_json_logs(self.parent)
+
+
+def build_fleet(config: Config, reactor: Any) -> RedisFleet | None:
+    """The fleet's Redis client, when coordination is configured."""
+    coordination = config.coordination
+    if coordination.backend != "redis":
+        return None
+    try:
+        return RedisFleet(
+            coordination.url,
+            reactor,
+            prefix=coordination.prefix,
+            timeout=coordination.timeout,
+        )
+    except ValueError as e:
+        raise ConfigError(f"coordination.url: {e}") from None
 
 
 def build_storage(config: Config) -> Storage:
@@ -127,14 +146,30 @@ class Daemon(MultiService):
             read_size=config.pipeline.read_size,
             metrics=self.metrics,
         )
-        self.tasks = TaskService(
-            reactor,
-            fetcher,
-            config.tasks.keep_finished,
-            max_concurrent=config.tasks.max_concurrent_tasks,
-            max_tasks=config.tasks.max_tasks,
-            metrics=self.metrics,
-        )
+        self.fleet = build_fleet(config, reactor)
+        self.tasks: TaskService
+        if self.fleet is None:
+            self.tasks = TaskService(
+                reactor,
+                fetcher,
+                config.tasks.keep_finished,
+                max_concurrent=config.tasks.max_concurrent_tasks,
+                max_tasks=config.tasks.max_tasks,
+                metrics=self.metrics,
+            )
+        else:
+            self.tasks = FleetTaskService(
+                reactor,
+                fetcher,
+                self.fleet,
+                config.tasks.keep_finished,
+                lock_ttl=config.coordination.lock_ttl,
+                clean=self._abort_pending,
+                max_concurrent=config.tasks.max_concurrent_tasks,
+                max_tasks=config.tasks.max_tasks,
+                metrics=self.metrics,
+            )
+            self.metrics.watch_fleet(self.fleet)
         self.metrics.watch_tasks(self.tasks)
         self.api = ArchiverAPI(
             sources,
@@ -144,11 +179,23 @@ class Daemon(MultiService):
             signed_url_expiry=config.storage.signed_url_expiry,
             public_url=config.public_url,
             files=self.files,
-            health=Health(self.storage, sources, reactor),
+            health=Health(self.storage, sources, reactor, fleet=self.fleet),
             metrics=self.metrics,
         )
         self.storage.setServiceParent(self)
         self.tasks.setServiceParent(self)
+
+    async def _abort_pending(self, key: str, regions: Sequence[str]) -> None:
+        """Abort uploads of ``key`` left pending by a daemon that died."""
+        for region in regions:
+            aborted = await self.storage.abort_pending(region, key)
+            if aborted:
+                self.log.warn(
+                    "{key}: aborted {n} abandoned upload(s) in {region}",
+                    key=key,
+                    n=aborted,
+                    region=region,
+                )
 
     def open_files(self) -> None:
         """Open local-files storage now, so a bad root fails start-up at once."""
@@ -230,7 +277,10 @@ def makeService(options: Options) -> MultiService:
     # Part buffers above the threshold (given back when freed), socket reads
     # below it (reused from the heap without a system call each).
     fix_mmap_threshold(256 * 1024)
-    daemon = Daemon(config, reactor)
+    try:
+        daemon = Daemon(config, reactor)
+    except ConfigError as e:
+        raise _fail(f"config error: {e}") from None
     try:
         daemon.open_files()
     except OSError as e:

@@ -59,6 +59,10 @@ class Task:
     size: int | None = None
     sha256: str | None = None
     deferred: Deferred[None] | None = field(default=None, repr=False)
+    #: With a fleet: the lock's token, and the check made before the
+    #: upload is completed (see :mod:`archiverd.fleet_tasks`).
+    token: str = ""
+    fence: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
     #: Once finished: the status body last rendered, and the URLs in it
     #: (kept here so it lives and dies with the task).
     rendered: tuple[dict[str, str], bytes] | None = field(default=None, repr=False)
@@ -198,6 +202,26 @@ class TaskService(Service):
                 queued=len(self._queue),
             )
 
+    async def claim(
+        self,
+        request: ArchiveRequest,
+        src_url: str,
+        regions: Sequence[str],
+        upstream_host: str,
+        since: float,
+        stored_in: Callable[[], Awaitable[Sequence[str]]],
+    ) -> str:
+        """Make sure some task stores ``request`` in ``regions``; its id.
+
+        One daemon: :meth:`submit`. (A fleet's service also decides which
+        daemon does the work; ``stored_in`` asks storage again then.)
+        """
+        return self.submit(request, src_url, regions, upstream_host, since).task_id
+
+    async def lookup(self, task_id: str) -> dict[str, Any] | None:
+        """The status of a task another daemon runs (None: one daemon)."""
+        return None
+
     def submit(
         self,
         request: ArchiveRequest,
@@ -205,6 +229,8 @@ class TaskService(Service):
         regions: Sequence[str],
         upstream_host: str,
         since: float,
+        *,
+        token: str = "",
     ) -> Task:
         """The task that stores ``request`` in ``regions``, started if needed.
 
@@ -230,6 +256,7 @@ class TaskService(Service):
             tuple(regions),
             self._clock.seconds(),
             upstream_host=upstream_host,
+            token=token,
         )
         self._tasks[task.task_id] = task
         d = Deferred.fromCoroutine(self._run(task))

@@ -38,6 +38,7 @@ from archiverd.errors import (
     UpstreamRefused,
     UpstreamUnavailable,
 )
+from archiverd.fleet import FleetUnavailable
 from archiverd.health import Health, version_info
 from archiverd.keys import (
     MAX_NAME_LENGTH,
@@ -336,8 +337,15 @@ class ArchiverAPI:
         missing = [r for r in self.storage.regions if r not in stored]
         if region not in missing:
             return await self._redirect(request, region, key)
-        task = self.tasks.submit(wanted, src_url, missing, upstream.host, since)
-        return self._accepted(request, task.task_id)
+        task_id = await self.tasks.claim(
+            wanted,
+            src_url,
+            missing,
+            upstream.host,
+            since,
+            stored_in=lambda: self._stored_in(key),
+        )
+        return self._accepted(request, task_id)
 
     async def _redirect(self, request: IRequest, region: str, key: str) -> bytes:
         return self._redirect_to(request, await self._signed_url(request, region, key))
@@ -383,7 +391,7 @@ class ArchiverAPI:
     async def _status(self, request: IRequest, task_id: str) -> bytes:
         task = self.tasks.get(task_id)
         if task is None:
-            result = await self._status_from_storage(request, task_id)
+            result = await self._status_elsewhere(request, task_id)
         else:
             result = task.describe(self.clock.seconds())
             result["s3_urls"] = (
@@ -392,6 +400,29 @@ class ArchiverAPI:
                 else {}
             )
         return _json(request, {"result": result})
+
+    async def _status_elsewhere(
+        self, request: IRequest, task_id: str
+    ) -> dict[str, Any]:
+        """A task this daemon does not run: another daemon's (in a fleet), or
+        one from before a restart (storage knows whether it succeeded)."""
+        unavailable = None
+        if len(task_id) <= MAX_TASK_ID:
+            try:
+                found = await self.tasks.lookup(task_id)
+            except FleetUnavailable as e:
+                found, unavailable = None, e
+            if found is not None:
+                found["s3_urls"] = (
+                    await self._signed_urls(request, key_for_task_id(task_id))
+                    if found["state"] == State.SUCCESS.value
+                    else {}
+                )
+                return found
+        result = await self._status_from_storage(request, task_id)
+        if unavailable is not None and result["state"] != State.SUCCESS.value:
+            raise Busy(f"cannot reach the other daemons' task records ({unavailable})")
+        return result
 
     async def _status_from_storage(
         self, request: IRequest, task_id: str

@@ -83,3 +83,7 @@ class Storage(Protocol):
 
     def abort_upload(self, region: str, key: str, upload_id: str) -> None:
         """Drop an unfinished upload and every part stored for it."""
+
+    def abort_pending(self, region: str, key: str) -> int:
+        """Abort every unfinished upload of ``key`` (left by a daemon that
+        died holding its lock); how many there were."""

@@ -171,3 +171,16 @@ class S3Storage:
     def abort_upload(self, region: str, key: str, upload_id: str) -> None:
         client, bucket = self._call(region)
         client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+
+    def abort_pending(self, region: str, key: str) -> int:
+        client, bucket = self._call(region)
+        aborted = 0
+        paginator = client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=bucket, Prefix=key):
+            for upload in page.get("Uploads", ()):
+                if upload["Key"] == key:  # not a longer key with this prefix
+                    client.abort_multipart_upload(
+                        Bucket=bucket, Key=key, UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+        return aborted

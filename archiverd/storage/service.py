@@ -184,6 +184,9 @@ class StorageService(Service):
     async def abort_upload(self, region: str, key: str, upload_id: str) -> None:
         await self.call(self.storage.abort_upload, region, key, upload_id)
 
+    async def abort_pending(self, region: str, key: str) -> int:
+        return await self.call(self.storage.abort_pending, region, key)
+
 
 def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
     return threading.Thread(*args, daemon=True, **kwargs)

@@ -311,6 +311,42 @@ def test_a_bad_source_is_named(source: dict[str, Any], message: str) -> None:
     assert config_error({"sources": {"x": source}}) == message
 
 
+# -- coordination ---------------------------------------------------------------
+
+
+def test_one_daemon_needs_no_redis_and_a_fleet_names_it() -> None:
+    assert parse({}).coordination.backend == "memory"
+    fleet = parse(
+        {"coordination": {"backend": "redis", "url": "redis://10.0.0.5:6379/2"}}
+    ).coordination
+    assert (fleet.backend, fleet.url, fleet.lock_ttl, fleet.prefix) == (
+        "redis",
+        "redis://10.0.0.5:6379/2",
+        30.0,
+        "archiverd:",
+    )
+
+
+@pytest.mark.parametrize(
+    ("coordination", "message"),
+    [
+        ({"backend": "zk"}, "coordination.backend: expected 'memory' or 'redis'"),
+        (
+            {"backend": "redis"},
+            "coordination.url: expected redis://HOST:PORT/DB for backend 'redis'",
+        ),
+        (
+            {"backend": "redis", "url": "http://x"},
+            "coordination.url: expected redis://HOST:PORT/DB for backend 'redis'",
+        ),
+        ({"lock_ttl": 0}, "coordination.lock_ttl: must be between 1 and 3600"),
+        ({"locks": 1}, "coordination.locks: unknown key"),
+    ],
+)
+def test_bad_coordination_is_named(coordination: dict[str, Any], message: str) -> None:
+    assert config_error({"coordination": coordination}) == message
+
+
 # -- the old service's environment -------------------------------------------
 
 

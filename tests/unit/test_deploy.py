@@ -58,8 +58,8 @@ CLIENT_HELPERS = {"close", "generate_presigned_url"}
 def _operations_used() -> set[str]:
     """The S3 operations archiverd/storage/s3.py calls, in botocore's names.
 
-    Every ``client.<name>(...)`` call, and the operation a presigned URL is
-    made for (``generate_presigned_url("get_object", ...)``).
+    Every ``client.<name>(...)`` call, and the operation a presigned URL or
+    a paginator is made for (``generate_presigned_url("get_object", ...)``).
     """
     import botocore.session
     from botocore import xform_name
@@ -76,7 +76,7 @@ def _operations_used() -> set[str]:
         ):
             continue
         method = node.func.attr
-        if method == "generate_presigned_url":
+        if method in ("generate_presigned_url", "get_paginator"):
             first = node.args[0]
             assert isinstance(first, ast.Constant), "presigned for an unknown op"
             method = first.value
