@@ -147,10 +147,7 @@ class FleetTaskService(TaskService):
         if task is None or task.token != token:
             await self._release_quietly(request.key, token)
             return request.task_id
-        try:
-            await self._keep(task)  # the record, before anyone polls
-        except FleetUnavailable:
-            pass  # the next heartbeat writes it
+        await self._keep_quietly(task)  # the record, before anyone polls
         return task.task_id
 
     async def _release_quietly(self, key: str, token: str) -> None:
@@ -198,6 +195,8 @@ class FleetTaskService(TaskService):
                 return
             self._working += 1
             try:
+                task.state = State.STARTED  # (as _work does) for the record:
+                await self._keep_quietly(task)  # pollers elsewhere see it now
                 await self._clean_up_after_others(task)
                 await self._work(task)
             finally:
@@ -287,6 +286,12 @@ class FleetTaskService(TaskService):
         return await self.fleet.keep(
             task.key, task.token, self.lock_ttl, task.task_id, self._record(task), ttl
         )
+
+    async def _keep_quietly(self, task: Task) -> None:
+        try:
+            await self._keep(task)
+        except FleetUnavailable:
+            pass  # the heartbeat tries again, and gives up after lock_ttl
 
     async def _settle(self, task: Task) -> None:
         """Publish the outcome, then give back the slot and the lock."""

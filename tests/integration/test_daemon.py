@@ -4,80 +4,25 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import tarfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from faults import MIB, FaultyS3, FaultyUpstream, S3Fault
 from fixtures import free_port
+from processes import (
+    open_url,
+    output,
+    twistd,
+    wait_for_port,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TWISTD = Path(sys.executable).parent / "twistd"
-
-
-def _env() -> dict[str, str]:
-    # The checkout itself (not an installed copy) is what runs, plugin included.
-    return {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-
-
-def _twistd(*args: str, cwd: Path) -> subprocess.Popen[bytes]:
-    """Start the daemon; its output goes to cwd/twistd.out (never a full pipe)."""
-    with open(cwd / "twistd.out", "wb") as out:
-        return subprocess.Popen(
-            [str(TWISTD), "-n", "--pidfile=", "archiverd", *args],
-            cwd=cwd,
-            env=_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def _output(proc: subprocess.Popen[bytes], cwd: Path) -> str:
-    proc.wait(timeout=30)
-    return (cwd / "twistd.out").read_text()
-
-
-def _wait_for_port(
-    port: int, proc: subprocess.Popen[bytes], timeout: float = 20
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError("archiverd exited early")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("archiverd did not start listening")
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None
-
-
-def _open(url: str, follow: bool = True) -> tuple[int, dict[str, str], bytes]:
-    handlers = [urllib.request.ProxyHandler({})]
-    if not follow:
-        handlers.append(_NoRedirect())
-    opener = urllib.request.build_opener(*handlers)
-    try:
-        with opener.open(url, timeout=30) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
 
 
 def _members(archive: bytes, prefix: str) -> dict[str, bytes]:
@@ -92,35 +37,9 @@ def _members(archive: bytes, prefix: str) -> dict[str, bytes]:
     return out
 
 
-def _write_config(
-    path: Path, template: str, buckets: Any, endpoint: str = "", extra: str = ""
-) -> Path:
-    regions = ", ".join(f'"{r}" = "{b}"' for r, b in buckets.buckets.items())
-    path.write_text(
-        f"""
-{extra}
-[sources.hgmo]
-url_template = "{template}"
-
-[storage]
-backend = "s3"
-signed_url_expiry = 300
-
-[storage.s3]
-endpoint_url = "{endpoint or buckets.endpoint_url}"
-addressing_style = "path"
-buckets = {{ {regions} }}
-
-[pipeline]
-part_size = 5242880
-"""
-    )
-    return path
-
-
 @pytest.fixture
 def daemon_config(tmp_path: Path, hgweb, s3_buckets) -> Path:
-    return _write_config(tmp_path / "archiverd.toml", hgweb.url_template, s3_buckets)
+    return write_config(tmp_path / "archiverd.toml", hgweb.url_template, s3_buckets)
 
 
 def test_old_clients_session_against_twistd(tmp_path, hgweb, s3_buckets, daemon_config):
@@ -128,7 +47,7 @@ def test_old_clients_session_against_twistd(tmp_path, hgweb, s3_buckets, daemon_
     both regions' URLs whose bytes are upstream's, then a 302 to the
     preferred region; SIGTERM stops the daemon cleanly."""
     port = free_port()
-    proc = _twistd(
+    proc = twistd(
         "--config",
         str(daemon_config),
         "--listen",
@@ -136,7 +55,7 @@ def test_old_clients_session_against_twistd(tmp_path, hgweb, s3_buckets, daemon_
         cwd=tmp_path,
     )
     try:
-        _wait_for_port(port, proc)
+        wait_for_port(port, proc)
         base = f"http://127.0.0.1:{port}"
         node = hgweb.node("projects/ash", "tip")
         rev = node[:12]
@@ -144,7 +63,7 @@ def test_old_clients_session_against_twistd(tmp_path, hgweb, s3_buckets, daemon_
             f"{base}/archiver/hgmo/projects/ash/{node}"
             "?subdir=testing/mozharness&preferred_region=us-west-2"
         )
-        code, headers, body = _open(url)
+        code, headers, body = open_url(url)
         assert code == 202
         assert json.loads(body) == {"result": {}}
         location = headers["Location"]
@@ -154,7 +73,7 @@ def test_old_clients_session_against_twistd(tmp_path, hgweb, s3_buckets, daemon_
 
         deadline = time.monotonic() + 60
         while True:
-            code, _, body = _open(location)
+            code, _, body = open_url(location)
             assert code == 200
             result = json.loads(body)["result"]
             if result["state"] in ("SUCCESS", "FAILURE"):
@@ -166,16 +85,16 @@ def test_old_clients_session_against_twistd(tmp_path, hgweb, s3_buckets, daemon_
 
         expected = hgweb.archive("projects/ash", rev, subdir="testing/mozharness")
         for signed in result["s3_urls"].values():
-            code, _, data = _open(signed)
+            code, _, data = open_url(signed)
             assert code == 200
             assert data == expected
         files = _members(expected, f"ash-{rev}/testing/mozharness/")
         assert "scripts/run.py" in files
 
-        code, headers, _ = _open(url, follow=False)
+        code, headers, _ = open_url(url, follow=False)
         assert code == 302
         assert s3_buckets.buckets["us-west-2"] in headers["Location"]
-        code, _, data = _open(url)  # the old client follows the redirect
+        code, _, data = open_url(url)  # the old client follows the redirect
         assert code == 200 and data == expected
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -186,7 +105,7 @@ def test_old_clients_session_against_twistd(tmp_path, hgweb, s3_buckets, daemon_
             raise
     # twistd re-raises the signal that stopped it once shutdown is complete.
     assert proc.returncode == -signal.SIGTERM
-    log = _output(proc, tmp_path)
+    log = output(proc, tmp_path)
     assert "Server Shut Down." in log
     assert "Traceback" not in log
 
@@ -204,8 +123,8 @@ def test_old_clients_session_against_twistd(tmp_path, hgweb, s3_buckets, daemon_
 def test_bad_config_stops_start_up_with_one_clear_line(tmp_path, config, message):
     path = tmp_path / "archiverd.toml"
     path.write_text(config)
-    proc = _twistd("--config", str(path), cwd=tmp_path)
-    lines = _output(proc, tmp_path).strip().splitlines()
+    proc = twistd("--config", str(path), cwd=tmp_path)
+    lines = output(proc, tmp_path).strip().splitlines()
     assert proc.returncode != 0
     assert len(lines) == 1, lines
     assert lines[0].startswith("archiverd: config error: ")
@@ -213,8 +132,8 @@ def test_bad_config_stops_start_up_with_one_clear_line(tmp_path, config, message
 
 
 def test_unreadable_config_names_the_file(tmp_path):
-    proc = _twistd("--config", str(tmp_path / "missing.toml"), cwd=tmp_path)
-    out = _output(proc, tmp_path)
+    proc = twistd("--config", str(tmp_path / "missing.toml"), cwd=tmp_path)
+    out = output(proc, tmp_path)
     assert proc.returncode != 0
     assert out.strip() == (
         f"archiverd: config error: {tmp_path / 'missing.toml'}: cannot read: "
@@ -227,16 +146,16 @@ def _start_stalled_transfer(
 ) -> tuple[subprocess.Popen[bytes], str]:
     """A daemon whose one transfer has parts up in every region, then stalls."""
     port = free_port()
-    proc = _twistd(
+    proc = twistd(
         "--config",
         str(config),
         "--listen",
         f"tcp:{port}:interface=127.0.0.1",
         cwd=tmp_path,
     )
-    _wait_for_port(port, proc)
+    wait_for_port(port, proc)
     base = f"http://127.0.0.1:{port}"
-    code, headers, _ = _open(f"{base}/archiver/hgmo/r/0123456789ab")
+    code, headers, _ = open_url(f"{base}/archiver/hgmo/r/0123456789ab")
     assert code == 202
     deadline = time.monotonic() + 30
     while not all(buckets.pending_uploads(r) for r in buckets.buckets):
@@ -247,7 +166,7 @@ def _start_stalled_transfer(
 
 def test_sigterm_mid_transfer_aborts_uploads_and_exits(tmp_path, s3_buckets):
     with FaultyUpstream([f"stall_body:{12 * MIB}"]) as upstream:
-        config = _write_config(
+        config = write_config(
             tmp_path / "archiverd.toml", upstream.url_template, s3_buckets
         )
         proc, _ = _start_stalled_transfer(tmp_path, config, s3_buckets)
@@ -258,7 +177,7 @@ def test_sigterm_mid_transfer_aborts_uploads_and_exits(tmp_path, s3_buckets):
     for region in s3_buckets.buckets:
         assert s3_buckets.pending_uploads(region) == []
         assert s3_buckets.keys(region) == []
-    assert "Server Shut Down." in _output(proc, tmp_path)
+    assert "Server Shut Down." in output(proc, tmp_path)
 
 
 def test_sigterm_exits_within_the_grace_period_when_storage_hangs(
@@ -270,7 +189,7 @@ def test_sigterm_exits_within_the_grace_period_when_storage_hangs(
     ):
         for bucket in s3_buckets.buckets.values():
             s3.faults.append(S3Fault(bucket, "abort", hang=True))
-        config = _write_config(
+        config = write_config(
             tmp_path / "archiverd.toml",
             upstream.url_template,
             s3_buckets,
@@ -283,7 +202,7 @@ def test_sigterm_exits_within_the_grace_period_when_storage_hangs(
         proc.wait(timeout=15)
         elapsed = time.monotonic() - started
     assert 1 <= elapsed < 4, elapsed
-    assert "shutdown_grace of 1.0s passed" in _output(proc, tmp_path)
+    assert "shutdown_grace of 1.0s passed" in output(proc, tmp_path)
 
 
 def test_log_format_json_writes_only_mozlog_lines_with_one_per_request(tmp_path, hgweb):
@@ -306,7 +225,7 @@ regions = ["local"]
 """
     )
     port = free_port()
-    proc = _twistd(
+    proc = twistd(
         "--config",
         str(config),
         "--listen",
@@ -316,14 +235,14 @@ regions = ["local"]
         cwd=tmp_path,
     )
     try:
-        _wait_for_port(port, proc)
+        wait_for_port(port, proc)
         base = f"http://127.0.0.1:{port}"
         rev = hgweb.node("projects/ash", "tip")[:12]
-        code, headers, _ = _open(f"{base}/archiver/hgmo/projects/ash/{rev}")
+        code, headers, _ = open_url(f"{base}/archiver/hgmo/projects/ash/{rev}")
         assert code == 202
         deadline = time.monotonic() + 60
         while True:
-            code, _, body = _open(headers["Location"])
+            code, _, body = open_url(headers["Location"])
             result = json.loads(body)["result"]
             if result["state"] in ("SUCCESS", "FAILURE"):
                 break
@@ -333,7 +252,7 @@ regions = ["local"]
         signed = result["s3_urls"]["local"]
         signature = signed.split("signature=")[1].split("&")[0]
         assert len(signature) >= 16
-        code, _, data = _open(signed)
+        code, _, data = open_url(signed)
         assert code == 200 and data
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -343,7 +262,7 @@ regions = ["local"]
             proc.kill()
             raise
     assert proc.returncode == -signal.SIGTERM
-    out = _output(proc, tmp_path)
+    out = output(proc, tmp_path)
     lines = [json.loads(line) for line in out.splitlines()]  # every one is JSON
     assert signature not in out
     for line in lines:

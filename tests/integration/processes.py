@@ -1,0 +1,97 @@
+"""archiverd as real processes (`twistd -n archiverd`), for the tests that
+start, signal and kill them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TWISTD = Path(sys.executable).parent / "twistd"
+
+
+def env() -> dict[str, str]:
+    # The checkout itself (not an installed copy) is what runs, plugin included.
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+
+
+def twistd(*args: str, cwd: Path) -> subprocess.Popen[bytes]:
+    """Start the daemon; its output goes to cwd/twistd.out (never a full pipe)."""
+    with open(cwd / "twistd.out", "wb") as out:
+        return subprocess.Popen(
+            [str(TWISTD), "-n", "--pidfile=", "archiverd", *args],
+            cwd=cwd,
+            env=env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def output(proc: subprocess.Popen[bytes], cwd: Path) -> str:
+    proc.wait(timeout=30)
+    return (cwd / "twistd.out").read_text()
+
+
+def wait_for_port(
+    port: int, proc: subprocess.Popen[bytes], timeout: float = 20
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError("archiverd exited early")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("archiverd did not start listening")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def open_url(url: str, follow: bool = True) -> tuple[int, dict[str, str], bytes]:
+    handlers = [urllib.request.ProxyHandler({})]
+    if not follow:
+        handlers.append(_NoRedirect())
+    opener = urllib.request.build_opener(*handlers)
+    try:
+        with opener.open(url, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def write_config(
+    path: Path, template: str, buckets: Any, endpoint: str = "", extra: str = ""
+) -> Path:
+    regions = ", ".join(f'"{r}" = "{b}"' for r, b in buckets.buckets.items())
+    path.write_text(
+        f"""
+{extra}
+[sources.hgmo]
+url_template = "{template}"
+
+[storage]
+backend = "s3"
+signed_url_expiry = 300
+
+[storage.s3]
+endpoint_url = "{endpoint or buckets.endpoint_url}"
+addressing_style = "path"
+buckets = {{ {regions} }}
+
+[pipeline]
+part_size = 5242880
+"""
+    )
+    return path

@@ -1,0 +1,163 @@
+"""Three `twistd -n archiverd` processes, one Redis, one moto S3: one service.
+
+The rules themselves are covered quickly in test_fleet_in_process.py; here
+they hold between real processes, one of which is killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faults import MIB, FaultyUpstream, body_bytes
+from fixtures import free_port
+from processes import open_url, twistd, wait_for_port, write_config
+
+pytestmark = pytest.mark.integration
+
+REV = "0123456789ab"
+KEY = f"r-{REV}.tar.gz"
+STATUS = f"/archiver/status/{KEY}"
+
+
+@contextmanager
+def fleet(
+    tmp_path: Path, upstream: Any, buckets: Any, redis: Any, n: int = 3
+) -> Iterator[list[tuple[subprocess.Popen[bytes], str]]]:
+    """n daemons sharing one Redis; yields (process, base URL) pairs."""
+    coordination = (
+        f'[coordination]\nbackend = "redis"\nurl = "{redis.url}"\n'
+        "lock_ttl = 2\ntimeout = 1\n"
+    )
+    started: list[tuple[subprocess.Popen[bytes], str]] = []
+    try:
+        for i in range(n):
+            home = tmp_path / f"daemon{i}"
+            home.mkdir()
+            config = write_config(
+                home / "archiverd.toml",
+                upstream.url_template,
+                buckets,
+                extra=coordination,
+            )
+            port = free_port()
+            proc = twistd(
+                "--config",
+                str(config),
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+                cwd=home,
+            )
+            started.append((proc, f"http://127.0.0.1:{port}"))
+        for proc, base in started:
+            wait_for_port(int(base.rsplit(":", 1)[1]), proc)
+        yield started
+    finally:
+        for proc, _ in started:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _ in started:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def status(base: str) -> dict[str, Any]:
+    code, _, body = open_url(base + STATUS)
+    assert code == 200, (code, body)
+    return dict(json.loads(body)["result"])
+
+
+def wait_for_success(base: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = status(base)
+        if result["state"] in ("SUCCESS", "FAILURE"):
+            return result
+        assert time.monotonic() < deadline, result
+        time.sleep(0.1)
+
+
+def archive_gets(upstream: Any) -> list[str]:
+    return [p for p in upstream.paths if "/archive/" in p]
+
+
+def test_300_requests_over_three_daemons_make_one_fetch(tmp_path, s3_buckets, redis):
+    with FaultyUpstream(nbytes=12 * MIB) as upstream:
+        with fleet(tmp_path, upstream, s3_buckets, redis) as daemons:
+            bases = [base for _, base in daemons]
+
+            def ask(i: int) -> tuple[int, str]:
+                code, headers, _ = open_url(
+                    f"{bases[i % 3]}/archiver/hgmo/r/{REV}", follow=False
+                )
+                return code, headers.get("Location", "")
+
+            with ThreadPoolExecutor(max_workers=60) as pool:
+                answers = list(pool.map(ask, range(300)))
+            codes = {code for code, _ in answers}
+            assert codes <= {202, 302}, codes  # 302 once stored: a late asker
+            assert {loc.split("/", 3)[3] for code, loc in answers if code == 202} == {
+                STATUS[1:]
+            }
+            for base in bases:  # every daemon answers for the task
+                result = wait_for_success(base)
+                assert result["state"] == "SUCCESS", result
+                assert set(result["s3_urls"]) == set(s3_buckets.buckets)
+                assert result["size"] == 12 * MIB
+            for base in bases:
+                assert open_url(f"{base}/archiver/hgmo/r/{REV}", follow=False)[0] == 302
+        assert archive_gets(upstream) == [f"/r/archive/{REV}.tar.gz/"]
+    for region in s3_buckets.buckets:
+        assert s3_buckets.keys(region) == [KEY]
+        assert s3_buckets.pending_uploads(region) == []
+
+
+def test_kill_9_mid_transfer_and_another_daemon_takes_over(tmp_path, s3_buckets, redis):
+    # The first fetch sends a part and a half, then stalls: parts are up in
+    # both regions when its daemon is killed. The next fetch is whole.
+    with FaultyUpstream([f"stall_body:{6 * MIB}"], nbytes=12 * MIB) as upstream:
+        with fleet(tmp_path, upstream, s3_buckets, redis) as daemons:
+            (first, first_base), (_, second), (_, third) = daemons
+            code, _, _ = open_url(f"{first_base}/archiver/hgmo/r/{REV}", follow=False)
+            assert code == 202
+            deadline = time.monotonic() + 30
+            while not all(s3_buckets.pending_uploads(r) for r in s3_buckets.buckets):
+                assert time.monotonic() < deadline, "no multipart upload started"
+                time.sleep(0.05)
+            assert status(second)["state"] in ("STARTED", "PROGRESS")
+
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+            killed = time.monotonic()
+
+            # Clients keep asking; once the dead daemon's lock has expired
+            # (lock_ttl = 2 s), one of these requests takes the work over.
+            deadline = killed + 60
+            while True:
+                for base in (second, third):
+                    code, _, _ = open_url(f"{base}/archiver/hgmo/r/{REV}", follow=False)
+                    assert code in (202, 302), code
+                result = status(third)
+                if result["state"] == "SUCCESS":
+                    break
+                assert result["state"] != "FAILURE", result
+                assert time.monotonic() < deadline, result
+                time.sleep(0.25)
+            assert time.monotonic() - killed >= 1.5  # not before the lock expired
+            assert wait_for_success(second)["state"] == "SUCCESS"
+        upstream.release.set()
+        assert len(archive_gets(upstream)) == 2
+    for region in s3_buckets.buckets:
+        assert s3_buckets.keys(region) == [KEY]
+        assert s3_buckets.pending_uploads(region) == []  # the dead one's: aborted
+        assert s3_buckets.get(region, KEY) == body_bytes(12 * MIB)
