@@ -48,6 +48,7 @@ integration: install
 bench: install
 	@command -v wrk >/dev/null || apt-get install -y wrk >/dev/null || \
 		{ echo "bench: wrk is needed (apt-get install wrk)" >&2; exit 1; }
+	scripts/redis.sh install
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 soak: install

@@ -183,13 +183,18 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[1])
 """
 
 # The holder's heartbeat, fenced: renew the lock and rewrite the task record,
-# only while the lock is still this token's. KEYS: lock, record; ARGV: token,
-# lock ttl ms, record ttl ms, fields...
+# only while the lock is still this token's, and never with an older write of
+# its own (writes may reach Redis out of order over the pool's connections).
+# KEYS: lock, record; ARGV: token, lock ttl ms, record ttl ms, seq, fields...
 _KEEP = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local mine = redis.call('HGET', KEYS[2], 'token') == ARGV[1]
+if mine and tonumber(redis.call('HGET', KEYS[2], 'seq')) >= tonumber(ARGV[4]) then
+  return 1
+end
 redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+redis.call('HSET', KEYS[2], 'token', ARGV[1], 'seq', ARGV[4], unpack(ARGV, 5))
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return 1
 """
@@ -283,6 +288,9 @@ class RedisFleet:
             )
         }
         self._started = False
+        #: Calls made to Redis, and how many of them were pings.
+        self.calls = 0
+        self.pings = 0
         self._up = False
         self._pinger: LoopingCall | None = None
         self._pinging: Deferred[None] | None = None
@@ -306,8 +314,6 @@ class RedisFleet:
             await self.ping()
         except FleetUnavailable as e:
             self.log.warn("redis is not available yet: {error}", error=str(e))
-        else:
-            self.log.info("redis is up")
         self._pinger = LoopingCall(self._ping_quietly)
         self._pinger.clock = self._clock
         d = self._pinger.start(self._ping_interval, now=False)
@@ -361,6 +367,7 @@ class RedisFleet:
 
     async def ping(self) -> None:
         """Raise :class:`FleetUnavailable` unless Redis answers in time."""
+        self.pings += 1
         await self._call(self._client.ping)
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -379,6 +386,7 @@ class RedisFleet:
                 raise FleetUnavailable("redis: gave up waiting for a thread")
             return fn(*args, **kwargs)
 
+        self.calls += 1
         d = deferToThreadPool(self._clock, self._pool, run)
         d.addTimeout(self.timeout, self._clock)
         try:
@@ -510,17 +518,19 @@ class RedisFleet:
         task_id: str,
         fields: dict[str, str],
         record_ttl: float,
+        seq: int,
     ) -> bool:
         """While ``token`` holds the lock on ``key``: renew it for
         ``lock_ttl`` and replace the task's record with ``fields`` for
-        ``record_ttl``, in one atomic step. False (nothing written) when the
-        lock is no longer ours: a holder that lost it cannot overwrite the
-        record of the one that took over."""
+        ``record_ttl``, in one atomic step, unless the record already holds
+        this token's write ``seq`` or a later one. False (nothing written)
+        when the lock is no longer ours: a holder that lost it cannot
+        overwrite the record of the one that took over."""
         return bool(
             await self._script(
                 "keep",
                 [self._key("lock", key), self._key("task", task_id)],
-                [token, milliseconds(lock_ttl), milliseconds(record_ttl)]
+                [token, milliseconds(lock_ttl), milliseconds(record_ttl), seq]
                 + _flatten(fields),
             )
         )

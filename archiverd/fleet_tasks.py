@@ -27,6 +27,7 @@ every daemon answer for every task:
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -39,10 +40,17 @@ from archiverd.errors import Busy, StorageError
 from archiverd.fleet import FleetUnavailable, RedisFleet
 from archiverd.keys import ArchiveRequest
 from archiverd.metrics import Metrics
+from archiverd.shared import Shared
+from archiverd.storage.cache import ExpiringLRU
 from archiverd.tasks import Runner, State, Task, TaskService
 
 #: Seconds between a queued task's looks at the fleet's queue.
 QUEUE_POLL = 0.5
+#: Seconds another daemon's record of a success is reused here (it stays
+#: true while the archive is stored), and of anything else (its holder
+#: rewrites it about once a second anyway).
+SUCCESS_REUSE = 30.0
+RECORD_REUSE = 0.5
 
 Cleaner = Callable[[str, Sequence[str]], Awaitable[None]]
 
@@ -84,6 +92,15 @@ class FleetTaskService(TaskService):
         #: Tasks whose lock another daemon took over.
         self._lost: set[str] = set()
         self._queued: set[str] = set()
+        #: Record writes made (each write's sequence number).
+        self._writes = 0
+        #: This daemon's tasks waiting for a slot, first come first.
+        self._waiting: deque[tuple[Task, Deferred[None]]] = deque()
+        #: Other daemons' records, as last read; and reads in progress.
+        self._records: ExpiringLRU[str, dict[str, Any]] = ExpiringLRU(
+            10_000, SUCCESS_REUSE, clock.seconds
+        )
+        self._reading: dict[str, Shared[dict[str, Any] | None]] = {}
 
     # -- life cycle -------------------------------------------------------------
 
@@ -157,7 +174,27 @@ class FleetTaskService(TaskService):
             self.log.warn("{key}: {error}", key=key, error=str(e))
 
     async def lookup(self, task_id: str) -> dict[str, Any] | None:
-        """The status in the task's record; raises FleetUnavailable."""
+        """The status in the task's record; raises FleetUnavailable.
+
+        Concurrent polls for one task share one read; a record just read is
+        reused (a success for longer: see SUCCESS_REUSE).
+        """
+        found = self._records.get(task_id)
+        if found is not None and found["state"] != State.SUCCESS.value:
+            found = self._records.get(task_id, max_age=RECORD_REUSE)
+        if found is None:
+            reading = self._reading.get(task_id)
+            if reading is None:
+                reading = Shared(Deferred.fromCoroutine(self._read(task_id)))
+                if not reading.done:
+                    self._reading[task_id] = reading
+                    reading.wait().addBoth(lambda _: self._reading.pop(task_id, None))
+            found = await reading.wait()
+            if found is None:
+                return None
+        return dict(found)  # the caller adds to it
+
+    async def _read(self, task_id: str) -> dict[str, Any] | None:
         record = await self.fleet.load_task(task_id)
         if not record or "state" not in record:
             return None
@@ -172,6 +209,7 @@ class FleetTaskService(TaskService):
         if record["state"] == State.SUCCESS.value:
             result["size"] = int(record.get("size", "0") or 0)
             result["sha256"] = record.get("sha256", "")
+        self._records.put(task_id, result)
         return result
 
     # -- running ----------------------------------------------------------------
@@ -209,10 +247,20 @@ class FleetTaskService(TaskService):
             await self._settle(task)
 
     async def _fleet_turn(self, task: Task) -> None:
-        """Wait, first come first served, for one of the fleet's slots."""
+        """Wait, first come first served, for one of the fleet's slots.
+
+        Only this daemon's first waiting task stands in the fleet's queue
+        (and asks Redis every ``queue_poll`` seconds); the others wait here,
+        behind it, without a Redis call each.
+        """
         fleet, token = self.fleet, task.token
+        turn: Deferred[None] = Deferred()
+        self._waiting.append((task, turn))
         self._queued.add(task.task_id)
         try:
+            if len(self._waiting) > 1:
+                self._renumber_waiting(self._waiting[0][0].ahead)
+                await turn  # the one ahead here took a slot, or gave up
             await fleet.enqueue(token, self.lock_ttl)
             while True:
                 ahead = await fleet.position(token)
@@ -220,12 +268,20 @@ class FleetTaskService(TaskService):
                     token, self.max_concurrent, self.lock_ttl
                 ):
                     break
-                task.ahead = ahead or 0
+                self._renumber_waiting(ahead or 0)
                 await deferLater(self._clock, self._queue_poll, lambda: None)
                 await fleet.enqueue(token, self.lock_ttl)  # keep the place
         finally:
             self._queued.discard(task.task_id)
+            first = bool(self._waiting) and self._waiting[0][0] is task
+            self._waiting = deque(w for w in self._waiting if w[0] is not task)
+            if first and self._waiting:
+                self._waiting[0][1].callback(None)
         await fleet.dequeue(token)
+
+    def _renumber_waiting(self, first_ahead: int) -> None:
+        for i, (waiting, _) in enumerate(self._waiting):
+            waiting.ahead = first_ahead + i
 
     async def _clean_up_after_others(self, task: Task) -> None:
         """Abort what a daemon that died holding this lock left pending."""
@@ -259,12 +315,16 @@ class FleetTaskService(TaskService):
     async def _heartbeat(self, task: Task) -> None:
         if task.done:
             return
+        queued = task.task_id in self._queued
+        if queued and (
+            self._clock.seconds() - self._kept.get(task.task_id, 0.0)
+            < self.lock_ttl / 3
+        ):
+            return  # waiting: only the lock needs renewing, not each second
         try:
             ours = await self._keep(task)
-            if task.task_id not in self._queued:
+            if not queued:
                 await self.fleet.renew_slot(task.token, self.lock_ttl)
-            else:
-                await self.fleet.enqueue(task.token, self.lock_ttl)
         except FleetUnavailable:
             silent = self._clock.seconds() - self._kept.get(task.task_id, 0.0)
             if silent < self.lock_ttl:
@@ -283,8 +343,15 @@ class FleetTaskService(TaskService):
     async def _keep(self, task: Task) -> bool:
         """Renew the lock and rewrite the record; False if the lock is gone."""
         ttl = max(1.0, self.keep_finished) if task.done else self.lock_ttl
+        self._writes += 1  # later writes win, whatever order they arrive in
         return await self.fleet.keep(
-            task.key, task.token, self.lock_ttl, task.task_id, self._record(task), ttl
+            task.key,
+            task.token,
+            self.lock_ttl,
+            task.task_id,
+            self._record(task),
+            ttl,
+            seq=self._writes,
         )
 
     async def _keep_quietly(self, task: Task) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 #: Seconds: from a 16 KiB archive on loopback to a large one over a WAN.
@@ -89,12 +89,20 @@ class _FleetCollector(Collector):
     def __init__(self, fleet: Any) -> None:
         self.fleet = fleet
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         yield GaugeMetricFamily(
             "archiverd_redis_up",
             "1 while the fleet's Redis answers (pinged every second), else 0.",
             value=1 if self.fleet.up else 0,
         )
+        calls = CounterMetricFamily(
+            "archiverd_redis_calls",
+            "Round trips to the fleet's Redis, by kind.",
+            labels=["kind"],
+        )
+        calls.add_metric(["ping"], self.fleet.pings)
+        calls.add_metric(["work"], self.fleet.calls - self.fleet.pings)
+        yield calls
 
 
 class _TaskCollector(Collector):

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.fleet import fleet
 from bench.harness import (
     MIB,
     ROOT,
@@ -487,6 +488,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
     "hits": lambda a: hit_path_and_status(a.runs, a.seconds),
     "pipeline": lambda a: pipeline_cost(a.runs),
     "moto": lambda a: with_moto(a.runs),
+    "fleet": lambda a: fleet(a, config, rev, _lua, WORK),
 }
 
 

@@ -92,21 +92,23 @@ async def test_max_concurrent_tasks_holds_across_the_fleet(
     await eventually(lambda: upstream.requests == 1)
     second = await b.get("/archiver/hgmo/r/000000000002")
     queued = second.headers.getRawHeaders("location")[0]
+    # Behind it on the same daemon: waits there, out of Redis' queue.
+    third = loc(await b.get("/archiver/hgmo/r/000000000003"))
 
-    async def seen_queued() -> bool:
-        states = [(await d.get_json(queued))[1]["result"] for d in (a, b)]
-        return all(
-            (s["state"], s["status"]) == ("PENDING", "queued (0 ahead)") for s in states
-        )
+    async def seen_queued(location: str, status: str) -> bool:
+        states = [(await d.get_json(location))[1]["result"] for d in (a, b)]
+        return all((s["state"], s["status"]) == ("PENDING", status) for s in states)
 
-    await eventually_async(seen_queued)
-    assert upstream.requests == 1  # the second waits for the fleet's one slot
+    await eventually_async(lambda: seen_queued(queued, "queued (0 ahead)"))
+    await eventually_async(lambda: seen_queued(third, "queued (1 ahead)"))
+    assert upstream.requests == 1  # the others wait for the fleet's one slot
 
-    upstream.release.set()  # the first fails (cut off); the second may go
+    upstream.release.set()  # the first fails (cut off); the others may go
     assert (await a.wait(first.headers.getRawHeaders("location")[0]))[
         "state"
     ] == "FAILURE"
     assert (await a.wait(queued))["state"] == "SUCCESS"
+    assert (await a.wait(third))["state"] == "SUCCESS"
 
 
 @pytest_twisted.ensureDeferred
