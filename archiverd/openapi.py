@@ -230,7 +230,8 @@ def _archive_responses() -> dict[str, Any]:
         ),
         "502": _error("Upstream could not be reached to resolve a symbolic rev."),
         "503": _error(
-            "The task table is full of unfinished tasks.",
+            "The task table is full of unfinished tasks; or, with several "
+            "daemons, Redis cannot be reached to coordinate new work.",
             **{
                 "Retry-After": {
                     "description": "Seconds to wait.",
@@ -441,6 +442,17 @@ def openapi_document(
                 "200": _json(_ref("Status"), "The task's state."),
                 "400": _error(_BAD_URL),
                 "404": _error("The path matches no route (a `/` in the task id)."),
+                "503": _error(
+                    "With several daemons: Redis cannot be reached and the "
+                    "archive is not stored, so the state is unknown.",
+                    **{
+                        "Retry-After": {
+                            "description": "Seconds to wait.",
+                            "required": True,
+                            "schema": {"type": "integer", "minimum": 0},
+                        }
+                    },
+                ),
             },
             [status_id],
             operation_id="getStatus",

@@ -133,6 +133,10 @@ async def test_with_redis_down_hits_still_redirect_and_misses_get_503(
         # A finished task's status still comes from storage.
         code, body = await d.get_json("/archiver/status/r-0123456789ab.tar.gz")
         assert (code, body["result"]["state"]) == (200, "SUCCESS")
+        # Anything else may be running at another daemon: unknown for now.
+        response = await d.get("/archiver/status/r-fedcba987654.tar.gz")
+        assert response.code == 503
+        assert response.headers.getRawHeaders("retry-after") == ["5"]
     assert [p for p in upstream.paths if "/archive/" in p] == [
         f"/r/archive/{REV}.tar.gz/"
     ]
