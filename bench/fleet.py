@@ -175,7 +175,8 @@ def fleet(args: Any, config: Any, rev: Any, lua: Any, work: Path) -> list[Row]:
             hits_two,
         ),
         Row(
-            "Fleet: polls at another daemon (record from Redis; a success reused 30 s) ÷ at the owner (memory)",
+            "Fleet: polls at another daemon (record from Redis; a success reused "
+            "30 s) ÷ at the owner (memory)",
             "report",
             polls_far,
             notes=f"Redis round trip per poll {min(costs):.0f}–{max(costs):.0f} µs "
