@@ -101,6 +101,8 @@ class FleetTaskService(TaskService):
             10_000, SUCCESS_REUSE, clock.seconds
         )
         self._reading: dict[str, Shared[dict[str, Any] | None]] = {}
+        #: Claims in progress, by task id.
+        self._claiming: dict[str, Shared[str]] = {}
 
     # -- life cycle -------------------------------------------------------------
 
@@ -142,6 +144,32 @@ class FleetTaskService(TaskService):
             return task.task_id
         if task is None and len(self) >= self.max_tasks:
             self._make_room()
+        # Concurrent requests for one archive at this daemon share one claim
+        # (a thousand clients asking at once make one Redis call, not 1,000).
+        task_id = request.task_id
+        claiming = self._claiming.get(task_id)
+        if claiming is None:
+            claiming = Shared(
+                Deferred.fromCoroutine(
+                    self._claim(
+                        request, src_url, regions, upstream_host, since, stored_in
+                    )
+                )
+            )
+            if not claiming.done:
+                self._claiming[task_id] = claiming
+                claiming.wait().addBoth(lambda _: self._claiming.pop(task_id, None))
+        return await claiming.wait()
+
+    async def _claim(
+        self,
+        request: ArchiveRequest,
+        src_url: str,
+        regions: Sequence[str],
+        upstream_host: str,
+        since: float,
+        stored_in: Callable[[], Awaitable[Sequence[str]]],
+    ) -> str:
         try:
             token = await self.fleet.acquire(request.key, self.lock_ttl)
         except FleetUnavailable as e:

@@ -116,6 +116,16 @@ def test_300_requests_over_three_daemons_make_one_fetch(tmp_path, s3_buckets, re
                 assert result["size"] == 12 * MIB
             for base in bases:
                 assert open_url(f"{base}/archiver/hgmo/r/{REV}", follow=False)[0] == 302
+
+            redis.stop()  # hits need no Redis: still 302 everywhere
+            for base in bases:
+                code, headers, _ = open_url(
+                    f"{base}/archiver/hgmo/r/{REV}?preferred_region=us-west-2",
+                    follow=False,
+                )
+                assert code == 302 and "us-west-2" in headers["Location"]
+                code, headers, _ = open_url(f"{base}/archiver/hgmo/r/000000000bad")
+                assert (code, headers.get("Retry-After")) == (503, "5")
         assert archive_gets(upstream) == [f"/r/archive/{REV}.tar.gz/"]
     for region in s3_buckets.buckets:
         assert s3_buckets.keys(region) == [KEY]
