@@ -132,17 +132,9 @@ class FleetTaskService(TaskService):
         since: float,
         stored_in: Callable[[], Awaitable[Sequence[str]]],
     ) -> str:
-        task = self.get(request.task_id)
-        if task is not None and not task.done:
-            return task.task_id
-        if (
-            task is not None
-            and task.state is State.SUCCESS
-            and task.finished is not None
-            and task.finished >= since
-        ):
-            return task.task_id
-        if task is None and len(self) >= self.max_tasks:
+        if self.joinable(request.task_id, since) is not None:
+            return request.task_id
+        if self.get(request.task_id) is None and len(self) >= self.max_tasks:
             self._make_room()
         # Concurrent requests for one archive at this daemon share one claim
         # (a thousand clients asking at once make one Redis call, not 1,000).

@@ -218,6 +218,22 @@ class TaskService(Service):
         """
         return self.submit(request, src_url, regions, upstream_host, since).task_id
 
+    def joinable(self, task_id: str, since: float) -> Task | None:
+        """This daemon's task for ``task_id`` if a request may join it: it is
+        still working, or it succeeded at or after ``since``."""
+        task = self.get(task_id)
+        if task is None:
+            return None
+        if not task.done:
+            return task
+        if (
+            task.state is State.SUCCESS
+            and task.finished is not None
+            and task.finished >= since
+        ):
+            return task
+        return None
+
     async def lookup(self, task_id: str) -> dict[str, Any] | None:
         """The status of a task another daemon runs (None: one daemon)."""
         return None
@@ -238,17 +254,10 @@ class TaskService(Service):
         succeeded at or after ``since``, when the caller looked in storage:
         the caller's view is older than that success.
         """
-        task = self.get(request.task_id)
-        if task is not None and not task.done:
+        task = self.joinable(request.task_id, since)
+        if task is not None:
             return task
-        if (
-            task is not None
-            and task.state is State.SUCCESS
-            and task.finished is not None
-            and task.finished >= since
-        ):
-            return task
-        if task is None and len(self._tasks) >= self.max_tasks:
+        if self.get(request.task_id) is None and len(self._tasks) >= self.max_tasks:
             self._make_room()
         task = Task(
             request,

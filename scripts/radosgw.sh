@@ -20,6 +20,8 @@
 # failing) it prints one line saying why, records it for `check`, and exits
 # 0, so that the tests report themselves as skipped with that reason.
 set -euo pipefail
+# shellcheck source=scripts/apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
 PACKAGES=(radosgw ceph-mon ceph-osd ceph-common)
 COMMANDS=(radosgw radosgw-admin ceph-mon ceph-osd ceph ceph-authtool monmaptool)
@@ -48,23 +50,10 @@ cmd_install() {
         say "installed ($(radosgw --version 2>/dev/null | awk '{print $3}'))"
         return 0
     fi
-    if ! command -v apt-get >/dev/null 2>&1; then
-        reason="cannot install: no apt-get on this machine (needs: ${PACKAGES[*]})"
-    elif [[ $(id -u) -ne 0 ]]; then
-        reason="cannot install: not root (run: sudo $0 install)"
-    else
-        say "installing ${PACKAGES[*]} (about 60 MiB)"
-        local log
-        log=$(mktemp)
-        if ! { DEBIAN_FRONTEND=noninteractive apt-get update -q &&
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-                --no-install-recommends "${PACKAGES[@]}"; } >"$log" 2>&1; then
-            tail -n 20 "$log" >&2
-            reason="cannot install: apt-get failed ($(tail -n 1 "$log"))"
-        elif [[ -n $(missing_commands) ]]; then
-            reason="cannot install: still missing after apt-get: $(missing_commands)"
-        fi
-        rm -f "$log"
+    say "installing ${PACKAGES[*]} (about 60 MiB)"
+    reason=$(apt_install "${PACKAGES[@]}")
+    if [[ -z $reason && -n $(missing_commands) ]]; then
+        reason="cannot install: still missing after apt-get: $(missing_commands)"
     fi
     if [[ -n $reason ]]; then
         echo "$reason" >"$MARKER"

@@ -11,6 +11,8 @@
 # 0, so that the tests report themselves as skipped with that reason (or fail,
 # under ARCHIVERD_REQUIRE_REDIS=1).
 set -euo pipefail
+# shellcheck source=scripts/apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
 PACKAGES=(redis-server)
 # Where `install` records why it could not install, for `check` to report.
@@ -30,22 +32,9 @@ cmd_install() {
         say "installed ($(version))"
         return 0
     fi
-    if ! command -v apt-get >/dev/null 2>&1; then
-        reason="cannot install: no apt-get on this machine (needs: ${PACKAGES[*]})"
-    elif [[ $(id -u) -ne 0 ]]; then
-        reason="cannot install: not root (run: sudo $0 install)"
-    else
-        local log
-        log=$(mktemp)
-        if ! { DEBIAN_FRONTEND=noninteractive apt-get update -q &&
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-                --no-install-recommends "${PACKAGES[@]}"; } >"$log" 2>&1; then
-            tail -n 20 "$log" >&2
-            reason="cannot install: apt-get failed ($(tail -n 1 "$log"))"
-        elif ! installed; then
-            reason="cannot install: no redis-server after apt-get"
-        fi
-        rm -f "$log"
+    reason=$(apt_install "${PACKAGES[@]}")
+    if [[ -z $reason ]] && ! installed; then
+        reason="cannot install: no redis-server after apt-get"
     fi
     if [[ -n $reason ]]; then
         echo "$reason" >"$MARKER"

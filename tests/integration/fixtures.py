@@ -11,6 +11,7 @@ Only loopback addresses are ever bound or contacted.
 from __future__ import annotations
 
 import http.server
+import io
 import json
 import os
 import random
@@ -19,6 +20,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import urllib.request
@@ -444,13 +446,11 @@ class MotoS3:
     def client(self, region: str = "us-east-1"):
         """A (cached, thread-safe) boto3 S3 client for ``region``."""
         if region not in self._clients:
-            self._clients[region] = boto3.session.Session().client(
-                "s3",
-                region_name=region,
-                endpoint_url=self.endpoint_url,
-                aws_access_key_id=MOTO_ENV["AWS_ACCESS_KEY_ID"],
-                aws_secret_access_key=MOTO_ENV["AWS_SECRET_ACCESS_KEY"],
-                config=Config(s3={"addressing_style": "path"}),
+            self._clients[region] = s3_client(
+                self.endpoint_url,
+                region,
+                MOTO_ENV["AWS_ACCESS_KEY_ID"],
+                MOTO_ENV["AWS_SECRET_ACCESS_KEY"],
             )
         return self._clients[region]
 
@@ -753,13 +753,8 @@ class Radosgw:
     def client(self, region: str = "us-east-1"):
         """A (cached, thread-safe) boto3 S3 client for ``region``."""
         if region not in self._clients:
-            self._clients[region] = boto3.session.Session().client(
-                "s3",
-                region_name=region,
-                endpoint_url=self.endpoint_url,
-                aws_access_key_id=self.access_key,
-                aws_secret_access_key=self.secret_key,
-                config=Config(s3={"addressing_style": "path"}),
+            self._clients[region] = s3_client(
+                self.endpoint_url, region, self.access_key, self.secret_key
             )
         return self._clients[region]
 
@@ -783,3 +778,27 @@ class RadosgwBuckets(S3Buckets):
         """Create the buckets, all without a LocationConstraint."""
         for region, bucket in self.buckets.items():
             self.client(region).create_bucket(Bucket=bucket)
+
+
+def archive_members(archive: bytes, prefix: str) -> dict[str, bytes]:
+    """What the old archiver_client extracted: files under prefix, stripped."""
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r|gz") as tar:
+        for member in tar:
+            if member.isfile() and member.name.startswith(prefix):
+                data = tar.extractfile(member)
+                assert data is not None
+                out[member.name[len(prefix) :]] = data.read()
+    return out
+
+
+def s3_client(endpoint_url: str, region: str, access_key: str, secret_key: str):
+    """A boto3 S3 client (thread-safe) for a loopback S3, path-style."""
+    return boto3.session.Session().client(
+        "s3",
+        region_name=region,
+        endpoint_url=endpoint_url,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        config=Config(s3={"addressing_style": "path"}),
+    )

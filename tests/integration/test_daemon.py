@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import json
 import signal
 import subprocess
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from faults import MIB, FaultyS3, FaultyUpstream, S3Fault
-from fixtures import free_port
+from fixtures import archive_members, free_port
 from processes import (
     open_url,
     output,
@@ -23,18 +21,6 @@ from processes import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-def _members(archive: bytes, prefix: str) -> dict[str, bytes]:
-    """What the old client extracts: members under prefix, prefix stripped."""
-    out = {}
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r|gz") as tar:
-        for member in tar:
-            if member.isfile() and member.name.startswith(prefix):
-                data = tar.extractfile(member)
-                assert data is not None
-                out[member.name[len(prefix) :]] = data.read()
-    return out
 
 
 @pytest.fixture
@@ -88,7 +74,7 @@ def test_old_clients_session_against_twistd(tmp_path, hgweb, s3_buckets, daemon_
             code, _, data = open_url(signed)
             assert code == 200
             assert data == expected
-        files = _members(expected, f"ash-{rev}/testing/mozharness/")
+        files = archive_members(expected, f"ash-{rev}/testing/mozharness/")
         assert "scripts/run.py" in files
 
         code, headers, _ = open_url(url, follow=False)

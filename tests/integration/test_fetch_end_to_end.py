@@ -4,16 +4,14 @@ running on the test reactor, with hgweb upstream and file or moto S3 storage."""
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 from daemon import file_config, s3_config
-from fixtures import free_port
+from fixtures import archive_members, free_port
 from twisted.internet.utils import getProcessOutputAndValue
 
 pytestmark = pytest.mark.integration
@@ -44,18 +42,6 @@ def _files(root: Path) -> dict[str, bytes]:
         for p in root.rglob("*")
         if p.is_file()
     }
-
-
-def _members(archive: bytes, prefix: str) -> dict[str, bytes]:
-    """What the old archiver_client extracted: files under prefix, stripped."""
-    out = {}
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r|gz") as tar:
-        for member in tar:
-            if member.isfile() and member.name.startswith(prefix):
-                data = tar.extractfile(member)
-                assert data is not None
-                out[member.name[len(prefix) :]] = data.read()
-    return out
 
 
 @pytest_twisted.ensureDeferred
@@ -109,7 +95,7 @@ async def test_warm_archive_follows_the_302_and_extracts_the_subdir(
 
     assert code == 0, err
     archive = hgweb.archive("projects/ash", node, subdir=SUBDIR)
-    expected = _members(archive, f"ash-{node}/{SUBDIR}/")
+    expected = archive_members(archive, f"ash-{node}/{SUBDIR}/")
     assert _files(dest) == expected
     assert expected["scripts/run.py"] == b"print('run v1')\n"
     assert len(expected["blob.bin"]) == 2 * 1024 * 1024
