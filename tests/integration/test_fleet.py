@@ -323,7 +323,7 @@ async def test_hung_redis_times_out(
         began = time.monotonic()
         with pytest.raises(FleetUnavailable):
             await a.acquire("k2", 30)
-        assert time.monotonic() - began < 1.5
+        assert time.monotonic() - began < 2.0  # 0.5 s, and room for a busy machine
         assert not a.up
     finally:
         redis.resume()
