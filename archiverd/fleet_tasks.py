@@ -199,9 +199,7 @@ class FleetTaskService(TaskService):
         Concurrent polls for one task share one read; a record just read is
         reused (a success for longer: see SUCCESS_REUSE).
         """
-        found = self._records.get(task_id)
-        if found is not None and found["state"] != State.SUCCESS.value:
-            found = self._records.get(task_id, max_age=RECORD_REUSE)
+        found = self._reusable(task_id)
         if found is None:
             reading = self._reading.get(task_id)
             if reading is None:
@@ -213,6 +211,16 @@ class FleetTaskService(TaskService):
             if found is None:
                 return None
         return dict(found)  # the caller adds to it
+
+    def peek(self, task_id: str) -> dict[str, Any] | None:
+        found = self._reusable(task_id)
+        return None if found is None else dict(found)
+
+    def _reusable(self, task_id: str) -> dict[str, Any] | None:
+        found = self._records.get(task_id)
+        if found is not None and found["state"] != State.SUCCESS.value:
+            found = self._records.get(task_id, max_age=RECORD_REUSE)
+        return found
 
     async def _read(self, task_id: str) -> dict[str, Any] | None:
         record = await self.fleet.load_task(task_id)

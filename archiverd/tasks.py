@@ -238,6 +238,10 @@ class TaskService(Service):
         """The status of a task another daemon runs (None: one daemon)."""
         return None
 
+    def peek(self, task_id: str) -> dict[str, Any] | None:
+        """:meth:`lookup`'s answer if known without asking anyone (None)."""
+        return None
+
     def submit(
         self,
         request: ArchiveRequest,

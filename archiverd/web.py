@@ -370,6 +370,10 @@ class ArchiverAPI:
         """A task's state; s3_urls are signed at poll time (or reused while
         most of their validity remains), so they are never stale."""
         task = self.tasks.get(task_id)
+        if task is None:
+            known = self._status_known_here(request, task_id)
+            if known is not None:
+                return known
         if task is None or task.state is State.SUCCESS:
             urls = None if task is None else self._cached_urls(request, task.key)
             if urls is None:
@@ -387,6 +391,20 @@ class ArchiverAPI:
         if task.done:
             task.rendered = (urls, body)
         return body
+
+    def _status_known_here(self, request: IRequest, task_id: str) -> bytes | None:
+        """Another daemon's task, answered now from what this one last read
+        of it (and URLs it signed lately); None when that is not enough."""
+        found = self.tasks.peek(task_id)
+        if found is None:
+            return None
+        urls: dict[str, str] | None = {}
+        if found["state"] == State.SUCCESS.value:
+            urls = self._cached_urls(request, key_for_task_id(task_id))
+            if urls is None:
+                return None
+        found["s3_urls"] = urls
+        return _json(request, {"result": found})
 
     async def _status(self, request: IRequest, task_id: str) -> bytes:
         task = self.tasks.get(task_id)

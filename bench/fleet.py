@@ -179,8 +179,8 @@ def fleet(args: Any, config: Any, rev: Any, lua: Any, work: Path) -> list[Row]:
             "30 s) ÷ at the owner (memory)",
             "report",
             polls_far,
-            notes=f"Redis round trip per poll {min(costs):.0f}–{max(costs):.0f} µs "
-            f"of wall time at 50 connections",
+            notes=f"{min(costs):.0f}–{max(costs):.0f} µs more per poll (wall time, "
+            "50 connections)",
         ),
         Row(
             "Fleet: polls at 2 daemons at once ÷ at the owner alone",

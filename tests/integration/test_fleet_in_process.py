@@ -67,6 +67,12 @@ async def test_requests_at_both_daemons_make_one_fetch_and_both_answer(
         assert result["sha256"] and result["size"] == 6 * MIB
         assert set(result["s3_urls"]) == set(s3_buckets.buckets)
     assert upstream.requests == 1
+    # b read a's record once; a success is then answered from b's memory.
+    fleet = b.daemon.fleet
+    calls = fleet.calls - fleet.pings
+    for _ in range(5):
+        assert (await b.get_json(task_path))[1]["result"]["state"] == "SUCCESS"
+    assert fleet.calls - fleet.pings == calls
 
     def stored() -> list[Any]:
         return [
