@@ -91,7 +91,6 @@ class FleetTaskService(TaskService):
         self._kept: dict[str, float] = {}
         #: Tasks whose lock another daemon took over.
         self._lost: set[str] = set()
-        self._queued: set[str] = set()
         #: Record writes made (each write's sequence number).
         self._writes = 0
         #: This daemon's tasks waiting for a slot, first come first.
@@ -284,7 +283,6 @@ class FleetTaskService(TaskService):
         fleet, token = self.fleet, task.token
         turn: Deferred[None] = Deferred()
         self._waiting.append((task, turn))
-        self._queued.add(task.task_id)
         try:
             if len(self._waiting) > 1:
                 self._renumber_waiting(self._waiting[0][0].ahead)
@@ -300,7 +298,6 @@ class FleetTaskService(TaskService):
                 await deferLater(self._clock, self._queue_poll, lambda: None)
                 await fleet.enqueue(token, self.lock_ttl)  # keep the place
         finally:
-            self._queued.discard(task.task_id)
             first = bool(self._waiting) and self._waiting[0][0] is task
             self._waiting = deque(w for w in self._waiting if w[0] is not task)
             if first and self._waiting:
@@ -343,7 +340,7 @@ class FleetTaskService(TaskService):
     async def _heartbeat(self, task: Task) -> None:
         if task.done:
             return
-        queued = task.task_id in self._queued
+        queued = task.state is State.PENDING  # not yet given a fleet slot
         if queued and (
             self._clock.seconds() - self._kept.get(task.task_id, 0.0)
             < self.lock_ttl / 3
@@ -426,4 +423,4 @@ class FleetTaskService(TaskService):
 
     @property
     def queued(self) -> int:
-        return len(self._queued)
+        return len(self._waiting)

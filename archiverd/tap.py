@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 import treq
@@ -147,15 +146,15 @@ class Daemon(MultiService):
             metrics=self.metrics,
         )
         self.fleet = build_fleet(config, reactor)
+        limits: dict[str, Any] = {
+            "max_concurrent": config.tasks.max_concurrent_tasks,
+            "max_tasks": config.tasks.max_tasks,
+            "metrics": self.metrics,
+        }
         self.tasks: TaskService
         if self.fleet is None:
             self.tasks = TaskService(
-                reactor,
-                fetcher,
-                config.tasks.keep_finished,
-                max_concurrent=config.tasks.max_concurrent_tasks,
-                max_tasks=config.tasks.max_tasks,
-                metrics=self.metrics,
+                reactor, fetcher, config.tasks.keep_finished, **limits
             )
         else:
             self.tasks = FleetTaskService(
@@ -164,10 +163,8 @@ class Daemon(MultiService):
                 self.fleet,
                 config.tasks.keep_finished,
                 lock_ttl=config.coordination.lock_ttl,
-                clean=self._abort_pending,
-                max_concurrent=config.tasks.max_concurrent_tasks,
-                max_tasks=config.tasks.max_tasks,
-                metrics=self.metrics,
+                clean=self.storage.abort_abandoned,
+                **limits,
             )
             self.metrics.watch_fleet(self.fleet)
         self.metrics.watch_tasks(self.tasks)
@@ -184,18 +181,6 @@ class Daemon(MultiService):
         )
         self.storage.setServiceParent(self)
         self.tasks.setServiceParent(self)
-
-    async def _abort_pending(self, key: str, regions: Sequence[str]) -> None:
-        """Abort uploads of ``key`` left pending by a daemon that died."""
-        for region in regions:
-            aborted = await self.storage.abort_pending(region, key)
-            if aborted:
-                self.log.warn(
-                    "{key}: aborted {n} abandoned upload(s) in {region}",
-                    key=key,
-                    n=aborted,
-                    region=region,
-                )
 
     def open_files(self) -> None:
         """Open local-files storage now, so a bad root fails start-up at once."""

@@ -370,17 +370,15 @@ class ArchiverAPI:
         """A task's state; s3_urls are signed at poll time (or reused while
         most of their validity remains), so they are never stale."""
         task = self.tasks.get(task_id)
+        urls: dict[str, str] | None = {}
         if task is None:
             known = self._status_known_here(request, task_id)
             if known is not None:
                 return known
-        if task is None or task.state is State.SUCCESS:
-            urls = None if task is None else self._cached_urls(request, task.key)
-            if urls is None:
-                return Deferred.fromCoroutine(self._status(request, task_id))
-        else:
-            urls = {}
-        assert task is not None  # no task: answered the async way above
+        elif task.state is State.SUCCESS:
+            urls = self._cached_urls(request, task.key)
+        if task is None or urls is None:
+            return Deferred.fromCoroutine(self._status(request, task_id))
         if task.done and task.rendered is not None and task.rendered[0] == urls:
             # A finished task's answer changes only with its URLs: render once.
             request.setHeader("Content-Type", "application/json")

@@ -9,11 +9,11 @@ storage's own code runs only on pool threads.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -184,8 +184,24 @@ class StorageService(Service):
     async def abort_upload(self, region: str, key: str, upload_id: str) -> None:
         await self.call(self.storage.abort_upload, region, key, upload_id)
 
-    async def abort_pending(self, region: str, key: str) -> int:
-        return await self.call(self.storage.abort_pending, region, key)
+    async def abort_abandoned(self, key: str, regions: Sequence[str]) -> None:
+        """Abort the uploads of ``key`` left pending (by a daemon that died
+        holding its lock), in every region at once."""
+        aborted = await gatherResults(
+            [
+                Deferred.fromCoroutine(self.call(self.storage.abort_pending, r, key))
+                for r in regions
+            ],
+            consumeErrors=True,
+        )
+        for region, count in zip(regions, aborted):
+            if count:
+                self.log.warn(
+                    "{key}: aborted {n} abandoned upload(s) in {region}",
+                    key=key,
+                    n=count,
+                    region=region,
+                )
 
 
 def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:

@@ -27,6 +27,7 @@ import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Self
 
 import boto3
 from botocore.config import Config
@@ -408,7 +409,45 @@ def _build_big_repo(server: HgwebServer) -> None:
     )
 
 
-class MotoS3:
+class _LoopbackS3:
+    """What moto and radosgw have in common: started and stopped (also as a
+    context manager), and reached with the fake keys of :data:`MOTO_ENV`."""
+
+    access_key = MOTO_ENV["AWS_ACCESS_KEY_ID"]
+    secret_key = MOTO_ENV["AWS_SECRET_ACCESS_KEY"]
+
+    def __init__(self) -> None:
+        self.endpoint_url: str | None = None
+        self._clients: dict[str, object] = {}
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def client(self, region: str = "us-east-1"):
+        """A (cached, thread-safe) boto3 S3 client for ``region``, path-style."""
+        if region not in self._clients:
+            self._clients[region] = boto3.session.Session().client(
+                "s3",
+                region_name=region,
+                endpoint_url=self.endpoint_url,
+                aws_access_key_id=self.access_key,
+                aws_secret_access_key=self.secret_key,
+                config=Config(s3={"addressing_style": "path"}),
+            )
+        return self._clients[region]
+
+
+class MotoS3(_LoopbackS3):
     """A moto S3 server in a thread of this process, on 127.0.0.1.
 
     moto keeps its state in this process's global backends: a unit test using
@@ -419,9 +458,8 @@ class MotoS3:
     def __init__(self) -> None:
         from moto.server import ThreadedMotoServer
 
+        super().__init__()
         self._server = ThreadedMotoServer(ip_address=LOOPBACK, port=0)
-        self.endpoint_url: str | None = None
-        self._clients: dict[str, object] = {}
 
     def __repr__(self) -> str:
         return f"<MotoS3 {self.endpoint_url or 'not running'}>"
@@ -435,24 +473,6 @@ class MotoS3:
     def stop(self) -> None:
         """Stop the server."""
         self._server.stop()
-
-    def __enter__(self) -> MotoS3:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def client(self, region: str = "us-east-1"):
-        """A (cached, thread-safe) boto3 S3 client for ``region``."""
-        if region not in self._clients:
-            self._clients[region] = s3_client(
-                self.endpoint_url,
-                region,
-                MOTO_ENV["AWS_ACCESS_KEY_ID"],
-                MOTO_ENV["AWS_SECRET_ACCESS_KEY"],
-            )
-        return self._clients[region]
 
 
 class S3Buckets:
@@ -657,7 +677,7 @@ class BreakingUpstream:
 RADOSGW_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "radosgw.sh"
 
 
-class Radosgw:
+class Radosgw(_LoopbackS3):
     """A throwaway Ceph radosgw: a real S3 server on 127.0.0.1.
 
     ``scripts/radosgw.sh start`` runs one monitor, one memstore OSD and
@@ -669,14 +689,10 @@ class Radosgw:
     stops the cluster.
     """
 
-    access_key = MOTO_ENV["AWS_ACCESS_KEY_ID"]
-    secret_key = MOTO_ENV["AWS_SECRET_ACCESS_KEY"]
-
     def __init__(self, workdir: Path) -> None:
+        super().__init__()
         self.workdir = Path(workdir)
-        self.endpoint_url: str | None = None
         self.start_seconds: float | None = None
-        self._clients: dict[str, object] = {}
 
     def __repr__(self) -> str:
         return f"<Radosgw {self.endpoint_url or 'not running'} in {self.workdir}>"
@@ -743,21 +759,6 @@ class Radosgw:
             check=False,
         )
 
-    def __enter__(self) -> Radosgw:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def client(self, region: str = "us-east-1"):
-        """A (cached, thread-safe) boto3 S3 client for ``region``."""
-        if region not in self._clients:
-            self._clients[region] = s3_client(
-                self.endpoint_url, region, self.access_key, self.secret_key
-            )
-        return self._clients[region]
-
 
 class RadosgwBuckets(S3Buckets):
     """:class:`S3Buckets` on a :class:`Radosgw` (same methods and names).
@@ -790,15 +791,3 @@ def archive_members(archive: bytes, prefix: str) -> dict[str, bytes]:
                 assert data is not None
                 out[member.name[len(prefix) :]] = data.read()
     return out
-
-
-def s3_client(endpoint_url: str, region: str, access_key: str, secret_key: str):
-    """A boto3 S3 client (thread-safe) for a loopback S3, path-style."""
-    return boto3.session.Session().client(
-        "s3",
-        region_name=region,
-        endpoint_url=endpoint_url,
-        aws_access_key_id=access_key,
-        aws_secret_access_key=secret_key,
-        config=Config(s3={"addressing_style": "path"}),
-    )

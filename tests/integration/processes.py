@@ -4,6 +4,7 @@ start, signal and kill them."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from fixtures import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TWISTD = Path(sys.executable).parent / "twistd"
@@ -52,6 +55,39 @@ def wait_for_port(
         except OSError:
             time.sleep(0.05)
     raise AssertionError("archiverd did not start listening")
+
+
+def serve(
+    config: Path, cwd: Path, *options: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """The daemon serving ``config`` on a free loopback port, once it listens:
+    (its process, its base URL)."""
+    port = free_port()
+    proc = twistd(
+        "--config",
+        str(config),
+        "--listen",
+        f"tcp:{port}:interface=127.0.0.1",
+        *options,
+        cwd=cwd,
+    )
+    try:
+        wait_for_port(port, proc)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """SIGTERM, then wait for the exit; past ``timeout``, kill it and raise."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

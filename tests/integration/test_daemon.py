@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 from faults import MIB, FaultyS3, FaultyUpstream, S3Fault
-from fixtures import archive_members, free_port
+from fixtures import archive_members
 from processes import (
     open_url,
     output,
+    serve,
+    terminate,
     twistd,
-    wait_for_port,
     write_config,
 )
 
@@ -32,17 +33,8 @@ def test_old_clients_session_against_twistd(tmp_path, hgweb, s3_buckets, daemon_
     """202 with an absolute Location and {"result": {}}, polls to SUCCESS with
     both regions' URLs whose bytes are upstream's, then a 302 to the
     preferred region; SIGTERM stops the daemon cleanly."""
-    port = free_port()
-    proc = twistd(
-        "--config",
-        str(daemon_config),
-        "--listen",
-        f"tcp:{port}:interface=127.0.0.1",
-        cwd=tmp_path,
-    )
+    proc, base = serve(daemon_config, tmp_path)
     try:
-        wait_for_port(port, proc)
-        base = f"http://127.0.0.1:{port}"
         node = hgweb.node("projects/ash", "tip")
         rev = node[:12]
         url = (
@@ -83,12 +75,7 @@ def test_old_clients_session_against_twistd(tmp_path, hgweb, s3_buckets, daemon_
         code, _, data = open_url(url)  # the old client follows the redirect
         assert code == 200 and data == expected
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        terminate(proc)
     # twistd re-raises the signal that stopped it once shutdown is complete.
     assert proc.returncode == -signal.SIGTERM
     log = output(proc, tmp_path)
@@ -131,16 +118,7 @@ def _start_stalled_transfer(
     tmp_path: Path, config: Path, buckets: Any
 ) -> tuple[subprocess.Popen[bytes], str]:
     """A daemon whose one transfer has parts up in every region, then stalls."""
-    port = free_port()
-    proc = twistd(
-        "--config",
-        str(config),
-        "--listen",
-        f"tcp:{port}:interface=127.0.0.1",
-        cwd=tmp_path,
-    )
-    wait_for_port(port, proc)
-    base = f"http://127.0.0.1:{port}"
+    proc, base = serve(config, tmp_path)
     code, headers, _ = open_url(f"{base}/archiver/hgmo/r/0123456789ab")
     assert code == 202
     deadline = time.monotonic() + 30
@@ -210,19 +188,8 @@ root = "{tmp_path / "data"}"
 regions = ["local"]
 """
     )
-    port = free_port()
-    proc = twistd(
-        "--config",
-        str(config),
-        "--listen",
-        f"tcp:{port}:interface=127.0.0.1",
-        "--log-format",
-        "json",
-        cwd=tmp_path,
-    )
+    proc, base = serve(config, tmp_path, "--log-format", "json")
     try:
-        wait_for_port(port, proc)
-        base = f"http://127.0.0.1:{port}"
         rev = hgweb.node("projects/ash", "tip")[:12]
         code, headers, _ = open_url(f"{base}/archiver/hgmo/projects/ash/{rev}")
         assert code == 202
@@ -241,12 +208,7 @@ regions = ["local"]
         code, _, data = open_url(signed)
         assert code == 200 and data
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        terminate(proc)
     assert proc.returncode == -signal.SIGTERM
     out = output(proc, tmp_path)
     lines = [json.loads(line) for line in out.splitlines()]  # every one is JSON

@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 from faults import MIB, FaultyUpstream, body_bytes
-from fixtures import free_port
-from processes import open_url, twistd, wait_for_port, write_config
+from processes import open_url, serve, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -48,17 +47,7 @@ def fleet(
                 buckets,
                 extra=coordination,
             )
-            port = free_port()
-            proc = twistd(
-                "--config",
-                str(config),
-                "--listen",
-                f"tcp:{port}:interface=127.0.0.1",
-                cwd=home,
-            )
-            started.append((proc, f"http://127.0.0.1:{port}"))
-        for proc, base in started:
-            wait_for_port(int(base.rsplit(":", 1)[1]), proc)
+            started.append(serve(config, home))
         yield started
     finally:
         for proc, _ in started:

@@ -11,8 +11,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_web import World
 
-from archiverd.web import access_log_formatter
-
 HOSTILE = [
     "..",
     ".",
@@ -135,26 +133,3 @@ def test_hostile_status_and_file_paths_never_crash(path):
     _check(world, f"/archiver/status/{path}")
     _check(world, f"/archiver/files/{path}?expires=99999999999&signature=00")
     _check(world, f"/{path}")
-
-
-def test_the_access_log_never_shows_url_signatures():
-    class Request:
-        uri = (
-            b"/archiver/files/a/k?expires=1&signature=deadbeef"
-            b"&X-Amz-Signature=cafe&X-Amz-Credential=AKIA%2Fx"
-        )
-        method = b"GET"
-        clientproto = b"HTTP/1.1"
-        code = 200
-        sentLength = 10  # noqa: N815 (Twisted's name)
-
-        def getClientAddress(self):  # noqa: N802 (Twisted API)
-            return None
-
-        def getHeader(self, name):  # noqa: N802 (Twisted API)
-            return {b"referer": b"https://x/?signature=feed"}.get(name)
-
-    line = access_log_formatter("now", Request())
-    assert "deadbeef" not in line and "cafe" not in line and "feed" not in line
-    assert "AKIA" not in line
-    assert "signature=REDACTED" in line and "X-Amz-Signature=REDACTED" in line

@@ -187,23 +187,42 @@ def test_redact_hides_every_secret_parameter_and_keeps_the_rest():
     )
 
 
+class _LoggedRequest:
+    """A finished request, as the combined access log format reads it."""
+
+    method = b"GET"
+    clientproto = b"HTTP/1.1"
+    code = 200
+    sentLength = 10  # noqa: N815 (Twisted's name)
+
+    def __init__(self, uri: bytes, referer: bytes | None = None) -> None:
+        self.uri = uri
+        self._referer = referer
+
+    def getClientAddress(self) -> None:  # noqa: N802 (Twisted API)
+        return None
+
+    def getHeader(self, name: bytes) -> bytes | None:  # noqa: N802 (Twisted API)
+        return self._referer if name == b"referer" else None
+
+
 def test_the_text_access_log_redacts_the_same_secrets():
-    class Request:
-        uri = SECRET_URI
-        method = b"GET"
-        clientproto = b"HTTP/1.1"
-        code = 200
-        sentLength = 10  # noqa: N815 (Twisted's name)
-
-        def getClientAddress(self):  # noqa: N802 (Twisted API)
-            return None
-
-        def getHeader(self, name):  # noqa: N802 (Twisted API)
-            return None
-
-    line = access_log_formatter("now", Request())
+    line = access_log_formatter("now", _LoggedRequest(SECRET_URI))
     for secret in SECRETS:
         assert secret not in line
+
+
+def test_the_access_log_never_shows_url_signatures():
+    uri = (
+        b"/archiver/files/a/k?expires=1&signature=deadbeef"
+        b"&X-Amz-Signature=cafe&X-Amz-Credential=AKIA%2Fx"
+    )
+    line = access_log_formatter(
+        "now", _LoggedRequest(uri, referer=b"https://x/?signature=feed")
+    )
+    assert "deadbeef" not in line and "cafe" not in line and "feed" not in line
+    assert "AKIA" not in line
+    assert "signature=REDACTED" in line and "X-Amz-Signature=REDACTED" in line
 
 
 def test_the_observer_writes_and_flushes_one_line_per_event():
