@@ -3,6 +3,7 @@ start, signal and kill them."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -88,6 +89,24 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         raise
+
+
+def task_status(url: str) -> dict[str, Any]:
+    """The ``result`` of a status URL (which must answer 200)."""
+    code, _, body = open_url(url)
+    assert code == 200, (code, body)
+    return dict(json.loads(body)["result"])
+
+
+def wait_for_task(url: str, timeout: float = 60) -> dict[str, Any]:
+    """Poll a status URL until the task finishes; its last ``result``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = task_status(url)
+        if result["state"] in ("SUCCESS", "FAILURE"):
+            return result
+        assert time.monotonic() < deadline, result
+        time.sleep(0.1)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -18,6 +18,7 @@ from processes import (
     serve,
     terminate,
     twistd,
+    wait_for_task,
     write_config,
 )
 
@@ -49,15 +50,7 @@ def test_old_clients_session_against_twistd(tmp_path, hgweb, s3_buckets, daemon_
             f"{base}/archiver/status/projects_ash-{rev}.tar.gz_testing_mozharness"
         )
 
-        deadline = time.monotonic() + 60
-        while True:
-            code, _, body = open_url(location)
-            assert code == 200
-            result = json.loads(body)["result"]
-            if result["state"] in ("SUCCESS", "FAILURE"):
-                break
-            assert time.monotonic() < deadline, result
-            time.sleep(0.1)
+        result = wait_for_task(location)
         assert result["state"] == "SUCCESS", result
         assert set(result["s3_urls"]) == {"us-east-1", "us-west-2"}
 
@@ -193,14 +186,7 @@ regions = ["local"]
         rev = hgweb.node("projects/ash", "tip")[:12]
         code, headers, _ = open_url(f"{base}/archiver/hgmo/projects/ash/{rev}")
         assert code == 202
-        deadline = time.monotonic() + 60
-        while True:
-            code, _, body = open_url(headers["Location"])
-            result = json.loads(body)["result"]
-            if result["state"] in ("SUCCESS", "FAILURE"):
-                break
-            assert time.monotonic() < deadline, result
-            time.sleep(0.1)
+        result = wait_for_task(headers["Location"])
         assert result["state"] == "SUCCESS", result
         signed = result["s3_urls"]["local"]
         signature = signed.split("signature=")[1].split("&")[0]

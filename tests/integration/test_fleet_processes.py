@@ -6,7 +6,6 @@ they hold between real processes, one of which is killed with SIGKILL.
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import time
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 from faults import MIB, FaultyUpstream, body_bytes
-from processes import open_url, serve, write_config
+from processes import open_url, serve, task_status, wait_for_task, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -60,22 +59,6 @@ def fleet(
                 proc.kill()
 
 
-def status(base: str) -> dict[str, Any]:
-    code, _, body = open_url(base + STATUS)
-    assert code == 200, (code, body)
-    return dict(json.loads(body)["result"])
-
-
-def wait_for_success(base: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = status(base)
-        if result["state"] in ("SUCCESS", "FAILURE"):
-            return result
-        assert time.monotonic() < deadline, result
-        time.sleep(0.1)
-
-
 def archive_gets(upstream: Any) -> list[str]:
     return [p for p in upstream.paths if "/archive/" in p]
 
@@ -99,7 +82,7 @@ def test_300_requests_over_three_daemons_make_one_fetch(tmp_path, s3_buckets, re
                 STATUS[1:]
             }
             for base in bases:  # every daemon answers for the task
-                result = wait_for_success(base)
+                result = wait_for_task(base + STATUS)
                 assert result["state"] == "SUCCESS", result
                 assert set(result["s3_urls"]) == set(s3_buckets.buckets)
                 assert result["size"] == 12 * MIB
@@ -133,7 +116,7 @@ def test_kill_9_mid_transfer_and_another_daemon_takes_over(tmp_path, s3_buckets,
             while not all(s3_buckets.pending_uploads(r) for r in s3_buckets.buckets):
                 assert time.monotonic() < deadline, "no multipart upload started"
                 time.sleep(0.05)
-            assert status(second)["state"] in ("STARTED", "PROGRESS")
+            assert task_status(second + STATUS)["state"] in ("STARTED", "PROGRESS")
 
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=10)
@@ -146,7 +129,7 @@ def test_kill_9_mid_transfer_and_another_daemon_takes_over(tmp_path, s3_buckets,
                 for base in (second, third):
                     code, _, _ = open_url(f"{base}/archiver/hgmo/r/{REV}", follow=False)
                     assert code in (202, 302), code
-                result = status(third)
+                result = task_status(third + STATUS)
                 if result["state"] == "SUCCESS":
                     break
                 assert result["state"] != "FAILURE", result
@@ -155,7 +138,7 @@ def test_kill_9_mid_transfer_and_another_daemon_takes_over(tmp_path, s3_buckets,
             # Not before the lock expired: lock_ttl (2 s) after its last renewal,
             # which was at most lock_ttl / 3 before the kill.
             assert time.monotonic() - killed >= 2 - 2 / 3
-            assert wait_for_success(second)["state"] == "SUCCESS"
+            assert wait_for_task(second + STATUS)["state"] == "SUCCESS"
         upstream.release.set()
         assert len(archive_gets(upstream)) == 2
     for region in s3_buckets.buckets:
