@@ -4,7 +4,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
@@ -52,7 +52,7 @@ setup(
     description="An archive cache in front of VCS hosts: streams repository "
     "archives into S3 or local storage and redirects clients to signed URLs.",
     python_requires=">=3.11",
-    packages=["archiverd", "archiverd.storage", "twisted.plugins"],
+    packages=[*find_packages(include=["archiverd", "archiverd.*"]), "twisted.plugins"],
     package_data={"twisted": ["plugins/archiverd_plugin.py"]},
     install_requires=[
         "twisted>=24.7",
@@ -62,6 +62,6 @@ setup(
         "prometheus-client>=0.20",
         "redis>=8.1",
     ],
-    entry_points={"console_scripts": ["archiverd-fetch = archiverd.fetch:main"]},
+    entry_points={"console_scripts": ["archiverd-fetch = archiverd.client.fetch:main"]},
     cmdclass={"build_py": BuildWithVersion},
 )

@@ -22,21 +22,21 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
 from archiverd import __version__
+from archiverd.api.web import ArchiverAPI, ArchiverSite, access_log_formatter
 from archiverd.config import Config, ConfigError, load
-from archiverd.fleet import RedisFleet
-from archiverd.fleet_tasks import FleetTaskService
-from archiverd.health import Health
-from archiverd.logs import RequestLog, TimedRequest, use_json_logs
-from archiverd.memory import fix_mmap_threshold
-from archiverd.metrics import Metrics
-from archiverd.pipeline import Fetcher
-from archiverd.sources import Source
+from archiverd.ops.health import Health
+from archiverd.ops.logs import RequestLog, TimedRequest, use_json_logs
+from archiverd.ops.memory import fix_mmap_threshold
+from archiverd.ops.metrics import Metrics
 from archiverd.storage.base import Storage
 from archiverd.storage.files import FileStorage
 from archiverd.storage.s3 import S3Storage
 from archiverd.storage.service import StorageService
-from archiverd.tasks import TaskService
-from archiverd.web import ArchiverAPI, ArchiverSite, access_log_formatter
+from archiverd.tasks.fleet import FleetTaskService
+from archiverd.tasks.redis_store import RedisFleet
+from archiverd.tasks.service import TaskService
+from archiverd.transfer.pipeline import Fetcher
+from archiverd.transfer.sources import Source
 
 
 class Options(usage.Options):

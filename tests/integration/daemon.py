@@ -10,9 +10,9 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from archiverd.api.web import ArchiverSite
 from archiverd.config import parse
 from archiverd.tap import Daemon
-from archiverd.web import ArchiverSite
 
 MIB = 1024 * 1024
 

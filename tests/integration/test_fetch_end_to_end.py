@@ -30,7 +30,10 @@ def _env() -> dict[str, str]:
 async def fetch(*args: str) -> tuple[int, str]:
     """Run ``archiverd-fetch ARGS`` in a subprocess; (exit code, stderr)."""
     out, err, code = await getProcessOutputAndValue(
-        sys.executable, ["-m", "archiverd.fetch", *args], env=_env(), path=REPO_ROOT
+        sys.executable,
+        ["-m", "archiverd.client.fetch", *args],
+        env=_env(),
+        path=REPO_ROOT,
     )
     assert out == b""  # everything it says goes to stderr
     return code, err.decode()

@@ -1,4 +1,4 @@
-"""archiverd.fleet against a real redis-server on loopback: locks with
+"""archiverd.tasks.redis_store against a real redis-server on loopback: locks with
 fencing, the fleet-wide slot limit, the queue, task records, and Redis going
 away and coming back. Several RedisFleet objects stand for several daemons."""
 
@@ -12,7 +12,7 @@ import pytest_twisted
 from redis_fixture import RedisServer, redis, redis_server  # noqa: F401
 from twisted.internet import defer, reactor, task
 
-from archiverd.fleet import FleetUnavailable, RedisFleet
+from archiverd.tasks.redis_store import FleetUnavailable, RedisFleet
 
 pytestmark = pytest.mark.integration
 

@@ -28,7 +28,7 @@ from archiverd.errors import UpstreamRefused
 from archiverd.keys import ArchiveRequest
 from archiverd.storage.base import ObjectInfo
 from archiverd.storage.service import StorageService
-from archiverd.tasks import Task
+from archiverd.tasks.service import Task
 
 # -- Deferred helpers (the pytest spelling of SynchronousTestCase's) ---------
 
@@ -134,7 +134,7 @@ class FakeResponse:
 
 
 class FakeSource:
-    """The parts of :class:`archiverd.sources.Source` a Transfer uses."""
+    """The parts of :class:`archiverd.transfer.sources.Source` a Transfer uses."""
 
     host = "hg.example"
 

@@ -1,4 +1,4 @@
-"""archiverd.fetch: the archiverd-fetch client, against a fake opener and a
+"""archiverd.client.fetch: the archiverd-fetch client, against a fake opener and a
 fake clock (no network, no real sleeps), and its extraction against crafted
 archives, malicious ones included."""
 
@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from archiverd.extract import UnsafeArchive, extract
-from archiverd.fetch import (
+from archiverd.client.extract import UnsafeArchive, extract
+from archiverd.client.fetch import (
     EXIT_INFRA,
     EXIT_OK,
     EXIT_USAGE,

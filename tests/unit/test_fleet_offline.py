@@ -1,4 +1,4 @@
-"""archiverd.fleet without Redis: what needs no server (TTLs, names, input
+"""archiverd.tasks.redis_store without Redis: what needs no server (TTLs, names, input
 checks, and calls made before start())."""
 
 from __future__ import annotations
@@ -10,7 +10,12 @@ import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
 
-from archiverd.fleet import FleetUnavailable, RedisFleet, default_instance, milliseconds
+from archiverd.tasks.redis_store import (
+    FleetUnavailable,
+    RedisFleet,
+    default_instance,
+    milliseconds,
+)
 
 # A URL is only parsed until start(); nothing here connects.
 URL = "redis://127.0.0.1:6379/0"

@@ -1,4 +1,4 @@
-"""archiverd.logs: mozlog JSON lines, the request.summary event, and secrets
+"""archiverd.ops.logs: mozlog JSON lines, the request.summary event, and secrets
 kept out of both."""
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from twisted.python.failure import Failure
 from twisted.python.reflect import namedAny
 from twisted.web.resource import Resource
 
-from archiverd import logs
-from archiverd.logs import (
+from archiverd.api.web import ArchiverSite, access_log_formatter
+from archiverd.ops import logs
+from archiverd.ops.logs import (
     MozlogObserver,
     RequestLog,
     TimedRequest,
@@ -30,9 +31,8 @@ from archiverd.logs import (
     redact,
     use_json_logs,
 )
-from archiverd.metrics import Metrics
+from archiverd.ops.metrics import Metrics
 from archiverd.tap import Options
-from archiverd.web import ArchiverSite, access_log_formatter
 
 SECRET_URI = (
     b"/archiver/files/a/k?expires=1&signature=deadbeef&X-Amz-Signature=cafe"

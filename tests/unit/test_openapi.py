@@ -1,4 +1,4 @@
-"""archiverd.openapi: the document is valid OpenAPI 3.1, describes every
+"""archiverd.api.openapi: the document is valid OpenAPI 3.1, describes every
 route the Klein app has (and no other), and its name patterns say exactly
 what archiverd's validation accepts."""
 
@@ -14,16 +14,16 @@ from hypothesis import strategies as st
 from openapi_spec_validator import validate
 from test_web import REGIONS, World
 
-from archiverd.errors import BadRequest
-from archiverd.keys import ArchiveRequest
-from archiverd.openapi import (
+from archiverd.api.openapi import (
     OPENAPI_PATH,
     PATH_PATTERN,
     SEGMENT_PATTERN,
     SUBDIR_PATTERN,
     openapi_document,
 )
-from archiverd.web import ArchiverAPI
+from archiverd.api.web import ArchiverAPI
+from archiverd.errors import BadRequest
+from archiverd.keys import ArchiveRequest
 
 _CONVERTER = re.compile(r"<(?:[a-z]+:)?([a-z_]+)>")
 

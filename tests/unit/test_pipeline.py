@@ -1,4 +1,4 @@
-"""archiverd.pipeline: cutting a body into parts, and one Transfer end to end
+"""archiverd.transfer.pipeline: cutting a body into parts, and one Transfer end to end
 with an upstream and a storage that live in memory."""
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from archiverd.errors import (
     UpstreamUnavailable,
 )
 from archiverd.keys import ArchiveRequest
-from archiverd.pipeline import Fetcher, PartCutter, Transfer
-from archiverd.tasks import Outcome, Task
+from archiverd.tasks.service import Outcome, Task
+from archiverd.transfer.pipeline import Fetcher, PartCutter, Transfer
 
 # -- PartCutter --------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""archiverd.sources: upstream URLs, error pages, and resolving symbolic revs
+"""archiverd.transfer.sources: upstream URLs, error pages, and resolving symbolic revs
 against a fake hgweb served through StubTreq."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from archiverd.errors import (
     UpstreamUnavailable,
 )
 from archiverd.keys import ArchiveRequest
-from archiverd.sources import Source, error_message
+from archiverd.transfer.sources import Source, error_message
 
 NODE = "42bf8560b395a5a9e3c2bbd6c2de2f2c6bd4ec70"
 

@@ -1,4 +1,4 @@
-"""archiverd.web: the HTTP API through StubTreq, over in-memory storage, a
+"""archiverd.api.web: the HTTP API through StubTreq, over in-memory storage, a
 real TaskService on a Clock with a fake runner, and a fake hgweb."""
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ from twisted.internet.task import Clock, deferLater
 from twisted.logger import capturedLogs
 
 from archiverd import __version__
+from archiverd.api.web import ArchiverAPI
 from archiverd.config import SourceConfig
-from archiverd.health import Health
 from archiverd.keys import ArchiveRequest
-from archiverd.metrics import Metrics
-from archiverd.sources import Source
+from archiverd.ops.health import Health
+from archiverd.ops.metrics import Metrics
 from archiverd.storage.base import ObjectInfo
 from archiverd.storage.files import FileStorage
-from archiverd.tasks import Outcome, TaskService
-from archiverd.web import ArchiverAPI
+from archiverd.tasks.service import Outcome, TaskService
+from archiverd.transfer.sources import Source
 
 BASE = "http://archiver.example:8010"
 NODE = "42bf8560b395a5a9e3c2bbd6c2de2f2c6bd4ec70"

@@ -37,12 +37,12 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
 from archiverd.errors import Busy, StorageError
-from archiverd.fleet import FleetUnavailable, RedisFleet
 from archiverd.keys import ArchiveRequest
-from archiverd.metrics import Metrics
-from archiverd.shared import Shared
+from archiverd.ops.metrics import Metrics
 from archiverd.storage.cache import ExpiringLRU
-from archiverd.tasks import Runner, State, Task, TaskService
+from archiverd.tasks.redis_store import FleetUnavailable, RedisFleet
+from archiverd.tasks.service import Runner, State, Task, TaskService
+from archiverd.util.deferreds import Shared
 
 #: Seconds between a queued task's looks at the fleet's queue.
 QUEUE_POLL = 0.5

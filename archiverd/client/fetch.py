@@ -43,7 +43,7 @@ from typing import IO, Any, NoReturn
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from archiverd import __version__
-from archiverd.extract import UnsafeArchive, extract
+from archiverd.client.extract import UnsafeArchive, extract
 
 PROG = "archiverd-fetch"
 EXIT_OK, EXIT_USAGE, EXIT_INFRA = 0, 1, 3

@@ -43,12 +43,12 @@ from twisted.web.http import PotentialDataLoss
 
 from archiverd.errors import StorageError, UpstreamError, UpstreamUnavailable
 from archiverd.keys import ArchiveRequest
-from archiverd.metrics import Metrics
-from archiverd.shared import Shared
-from archiverd.sources import REFUSALS, Source, read_limited
+from archiverd.ops.metrics import Metrics
 from archiverd.storage.base import ObjectInfo
 from archiverd.storage.service import StorageService
-from archiverd.tasks import Outcome, Task
+from archiverd.tasks.service import Outcome, Task
+from archiverd.transfer.sources import REFUSALS, Source, read_limited
+from archiverd.util.deferreds import Shared
 
 _DONE = Failure(ResponseDone())
 T = TypeVar("T")

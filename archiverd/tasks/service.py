@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 
 from archiverd.errors import Busy, StorageError, UpstreamError
 from archiverd.keys import ArchiveRequest
-from archiverd.metrics import Metrics
+from archiverd.ops.metrics import Metrics
 
 SUCCESS_STATUS = "Task completed! Check 's3_urls' for upload locations."
 
@@ -60,7 +60,7 @@ class Task:
     sha256: str | None = None
     deferred: Deferred[None] | None = field(default=None, repr=False)
     #: With a fleet: the lock's token, and the check made before the
-    #: upload is completed (see :mod:`archiverd.fleet_tasks`).
+    #: upload is completed (see :mod:`archiverd.tasks.fleet`).
     token: str = ""
     fence: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
     #: Once finished: the status body last rendered, and the URLs in it

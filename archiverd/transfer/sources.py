@@ -28,7 +28,7 @@ from archiverd.errors import (
     UpstreamUnavailable,
 )
 from archiverd.keys import FULL_REV_LENGTH, ArchiveRequest, is_changeset_id
-from archiverd.shared import Shared
+from archiverd.util.deferreds import Shared
 
 #: Upstream answers that mean "this archive does not exist": never retried.
 REFUSALS = (403, 404, 410)

@@ -30,6 +30,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import NotFound as RouteNotFound
 from werkzeug.routing import RequestRedirect
 
+from archiverd.api.openapi import OPENAPI_PATH, openapi_document
 from archiverd.errors import (
     BadRequest,
     Busy,
@@ -38,22 +39,21 @@ from archiverd.errors import (
     UpstreamRefused,
     UpstreamUnavailable,
 )
-from archiverd.fleet import FleetUnavailable
-from archiverd.health import Health, version_info
 from archiverd.keys import (
     MAX_NAME_LENGTH,
     ArchiveRequest,
     key_for_task_id,
     parse_key,
 )
-from archiverd.logs import has_secret, redact
-from archiverd.metrics import Metrics
-from archiverd.openapi import OPENAPI_PATH, openapi_document
-from archiverd.shared import Shared
-from archiverd.sources import Source
+from archiverd.ops.health import Health, version_info
+from archiverd.ops.logs import has_secret, redact
+from archiverd.ops.metrics import Metrics
 from archiverd.storage.files import FileStorage
 from archiverd.storage.service import StorageService
-from archiverd.tasks import SUCCESS_STATUS, State, TaskService
+from archiverd.tasks.redis_store import FleetUnavailable
+from archiverd.tasks.service import SUCCESS_STATUS, State, TaskService
+from archiverd.transfer.sources import Source
+from archiverd.util.deferreds import Shared
 
 UNKNOWN_STATUS = "no status available at this point."
 #: Seconds a client is asked to wait when the task table is full.

@@ -19,8 +19,8 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 
 from archiverd import __version__
-from archiverd.sources import Source
 from archiverd.storage.service import StorageService
+from archiverd.transfer.sources import Source
 
 CHECK_TIMEOUT = 5.0
 

@@ -1,0 +1,1 @@
+"""The HTTP layer: routes, the Site, the OpenAPI document."""

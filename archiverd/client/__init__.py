@@ -1,0 +1,1 @@
+"""archiverd-fetch and safe extraction: the client, with no Twisted in it."""

@@ -1,0 +1,1 @@
+"""Tasks: one per archive being fetched, and how daemons share them."""

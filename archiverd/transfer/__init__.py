@@ -1,0 +1,1 @@
+"""Moving an archive: upstream sources, the part cutter, the transfer."""

@@ -1,0 +1,1 @@
+"""Small mechanisms used across archiverd, one copy of each."""
