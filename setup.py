@@ -62,6 +62,6 @@ setup(
         "prometheus-client>=0.20",
         "redis>=8.1",
     ],
-    entry_points={"console_scripts": ["archiverd-fetch = archiverd.client.fetch:main"]},
+    entry_points={"console_scripts": ["archiverd-fetch = archiverd.client.cli:main"]},
     cmdclass={"build_py": BuildWithVersion},
 )

@@ -1,18 +1,20 @@
 """Configuration: a TOML file, the old service's environment settings, defaults.
 
-Every problem is a :class:`ConfigError` whose message is one line naming the
-key, so that start-up fails with one clear line.
+Each setting is declared once, as a dataclass field with its default, type and
+rules (:func:`setting`). Every problem is a :class:`ConfigError` whose message
+is one line naming the key, so that start-up fails with one clear line.
 """
 
 from __future__ import annotations
 
 import json
+import operator
 import re
 import string
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
+from typing import Any, TypeVar, get_type_hints
 from urllib.parse import urlsplit
 
 MiB = 1024 * 1024
@@ -21,203 +23,44 @@ DEFAULT_URL_TEMPLATE = "https://hg.mozilla.org/{repo}/archive/{rev}.{suffix}/{su
 TEMPLATE_FIELDS = {"repo", "rev", "suffix", "subdir"}
 MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 * 1024 * MiB
-_REGION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+_REGION = (r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z", "bad region name")
 #: Segments of printable characters other than "/" and "\\", joined by "/".
-_REPO_PATTERN = re.compile(r"[^/\\\s]+(/[^/\\\s]+)*\Z")
+_REPO = (r"[^/\\\s]+(/[^/\\\s]+)*\Z", "bad repo pattern")
+_RULES = {"low", "high", "choices", "expected", "each", "refuse"}
+_RULES |= {"required_for", "only_for", "check", "read"}
 
 
 class ConfigError(Exception):
     """A configuration problem; the message names the key."""
 
 
-@dataclass(frozen=True)
-class SourceConfig:
-    """An upstream VCS host that serves archives."""
+def setting(default: Any = MISSING, *, factory: Any = None, **rules: Any) -> Any:
+    """A config field: its default (or ``factory``) and the rules for its key.
 
-    name: str
-    url_template: str = DEFAULT_URL_TEMPLATE
-    #: Where symbolic revs are resolved; default: beside the archive URL.
-    rev_url_template: str = ""
-    #: Seconds to wait for upstream's response headers.
-    headers_timeout: float = 60.0
-    #: Seconds without a byte from upstream, mid-body, before giving up.
-    #: (Time spent paused for storage to catch up does not count.)
-    idle_timeout: float = 60.0
-    #: Seconds a whole transfer may take.
-    total_timeout: float = 3600.0
-    #: Further attempts after a connection failure, a reset or a 5xx.
-    retries: int = 3
-    #: First retry delay in seconds; doubled each time, with jitter.
-    retry_backoff: float = 1.0
-    #: Larger archives are refused.
-    max_archive_bytes: int = 5 * 1024 * MiB
-    #: "hgweb": Mercurial's hgweb (symbolic revs resolved through json-rev);
-    #: "template": any archive URL template (revs are full commit ids).
-    kind: str = "hgweb"
-    #: kind "template": also take symbolic revs (branches, tags), cached
-    #: under their name, so they can be served stale.
-    allow_symbolic: bool = False
-    #: Repo patterns served ("*" within a path segment, "**" across them);
-    #: empty: every repo.
-    repos: tuple[str, ...] = ()
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url_template).hostname or ""
-
-    @property
-    def resolved_rev_url_template(self) -> str:
-        if self.rev_url_template:
-            return self.rev_url_template
-        prefix = self.url_template[: self.url_template.index("{repo}")]
-        return prefix + "{repo}/json-rev/{rev}"
+    On the file's value: ``low``/``high`` (a number's bounds), ``choices``
+    (``expected`` rewords the refusal), ``each=(regex, why)`` (every item),
+    ``refuse=(predicate, why)``. Then, with the table's other values, on the
+    file's value or the default: ``required_for=(key, value)``, ``only_for=(key,
+    value[, why])`` (a true value), ``check(dotted key, value, values)`` (returns
+    the value kept; not run on None). ``read(table, default)`` reads a table.
+    """
+    if not rules.keys() <= _RULES:
+        raise TypeError(f"unknown rules {sorted(rules.keys() - _RULES)}")
+    if factory is not None:
+        return field(default_factory=factory, metadata=rules)
+    return field(default=default, metadata=rules)
 
 
-@dataclass(frozen=True)
-class S3Config:
-    buckets: Mapping[str, str] = field(default_factory=dict)
-    endpoint_url: str | None = None
-    #: "path" or "virtual"; None lets botocore choose.
-    addressing_style: str | None = None
-    #: botocore's retry attempts for each call (standard retry mode).
-    max_attempts: int = 5
-    #: "crc32": S3 checks every request's bytes against a CRC32 (cheap);
-    #: "none": no per-request checksum (the sha256 in metadata remains).
-    checksum: str = "crc32"
-    #: Also sign each body's sha256 into the request (a second full hash).
-    sign_payload: bool = False
-
-
-@dataclass(frozen=True)
-class FileConfig:
-    root: str = "archiverd-data"
-    regions: tuple[str, ...] = ("local",)
-    #: HMAC key for signed file URLs; default: generated and kept under root.
-    secret: str | None = None
-
-
-@dataclass(frozen=True)
-class StorageConfig:
-    backend: str = "file"
-    signed_url_expiry: int = 300
-    #: Threads that run blocking storage calls (botocore, file writes).
-    threads: int = 16
-    #: (region, key) pairs remembered as stored, so hits need no storage call.
-    exists_cache_size: int = 100_000
-    #: Seconds one is remembered (an object deleted behind archiverd's back
-    #: is noticed after this long).
-    exists_cache_ttl: float = 3600.0
-    s3: S3Config = field(default_factory=S3Config)
-    file: FileConfig = field(default_factory=FileConfig)
-
-    @property
-    def regions(self) -> tuple[str, ...]:
-        """Configured regions; the first is the default."""
-        if self.backend == "s3":
-            return tuple(self.s3.buckets)
-        return self.file.regions
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    #: Bytes per multipart part (S3 wants at least 5 MiB).
-    part_size: int = 8 * MiB
-    #: Parts of one task held in memory at once, across all its regions.
-    parts_in_flight: int = 4
-    #: Bytes read from upstream's socket at a time (Twisted's default: 64 KiB).
-    read_size: int = MiB
-
-
-@dataclass(frozen=True)
-class TasksConfig:
-    #: Seconds a finished task stays in the table.
-    keep_finished: float = 3600.0
-    #: Transfers that run at once; more wait their turn as PENDING.
-    max_concurrent_tasks: int = 8
-    #: Tasks the table holds; when all are unfinished, requests get 503.
-    max_tasks: int = 10000
-
-
-@dataclass(frozen=True)
-class CoordinationConfig:
-    #: "memory": one daemon, its own task table; "redis": several daemons
-    #: share tasks, locks and the concurrency limit through Redis.
-    backend: str = "memory"
-    url: str = ""
-    #: Every Redis key starts with this.
-    prefix: str = "archiverd:"
-    #: Seconds a task's lock outlives its holder (renewed while it runs):
-    #: how long a killed daemon's work waits before another takes it over.
-    lock_ttl: float = 30.0
-    #: Seconds each Redis call may take before it counts as unavailable.
-    timeout: float = 2.0
-
-
-@dataclass(frozen=True)
-class Config:
-    listen: str = DEFAULT_LISTEN
-    public_url: str | None = None
-    sources: Mapping[str, SourceConfig] = field(
-        default_factory=lambda: {"hgmo": SourceConfig("hgmo")}
-    )
-    storage: StorageConfig = field(default_factory=StorageConfig)
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    tasks: TasksConfig = field(default_factory=TasksConfig)
-    #: Seconds to finish aborting uploads on SIGTERM before exiting anyway.
-    shutdown_grace: float = 10.0
-    coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
-
-
-class _Table:
-    """One TOML table being read: typed look-ups, then a check for leftovers."""
-
-    def __init__(self, raw: Any, path: str) -> None:
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path or 'config'}: expected a table")
-        self.raw = dict(raw)
-        self.path = path
-
-    def name(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def take(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
-        if key not in self.raw:
-            return default
-        value = self.raw.pop(key)
-        if isinstance(value, bool) and kind in (int, float, (int, float)):
-            raise ConfigError(f"{self.name(key)}: expected a number, got {value!r}")
-        if not isinstance(value, kind):
-            want = kind.__name__ if isinstance(kind, type) else "a number"
-            raise ConfigError(f"{self.name(key)}: expected {want}, got {value!r}")
-        return value
-
-    def table(self, key: str) -> _Table:
-        return _Table(self.raw.pop(key, {}), self.name(key))
-
-    def done(self) -> None:
-        for key in self.raw:
-            raise ConfigError(f"{self.name(key)}: unknown key")
-
-
-def _number(table: _Table, key: str, default: float, low: float, high: float) -> Any:
-    value = table.take(key, (int, float), default)
-    if not low <= value <= high:
-        raise ConfigError(f"{table.name(key)}: must be between {low} and {high}")
-    return value
-
-
-def _integer(table: _Table, key: str, default: int, low: int, high: int) -> int:
-    value = table.take(key, int, default)
-    if not low <= value <= high:
-        raise ConfigError(f"{table.name(key)}: must be between {low} and {high}")
-    return int(value)
-
-
-def _http_url(name: str, value: str, shown: str | None = None) -> str:
-    parts = urlsplit(value)
+# Checks: (dotted key, the value, the table's values) -> the value kept.
+def _http_url(name: str, url: str, _: object = None, shown: str = "") -> str:
+    parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{name}: expected an http(s) URL, got {shown or value!r}")
-    return value
+        raise ConfigError(f"{name}: expected an http(s) URL, got {shown or url!r}")
+    return url
+
+
+def _public_url(name: str, url: str, _: object) -> str:
+    return _http_url(name, url).rstrip("/")
 
 
 def _template(name: str, value: str, required: set[str]) -> str:
@@ -241,200 +84,328 @@ def _template(name: str, value: str, required: set[str]) -> str:
     return value
 
 
-def _region(name: str, region: Any) -> str:
-    if not isinstance(region, str) or not _REGION.match(region):
-        raise ConfigError(f"{name}: bad region name {region!r}")
-    return region
+def _url_template(name: str, template: str, values: Mapping[str, Any]) -> str:
+    # hgweb's archive URLs take the format; other hosts' may fix it.
+    optional = {"suffix"} if values["kind"] == "template" else set()
+    return _template(name, template, {"repo", "rev", "suffix"} - optional)
 
 
-def _source(name: str, table: _Table) -> SourceConfig:
-    kind = table.take("kind", str, "hgweb")
-    if kind not in ("hgweb", "template"):
-        raise ConfigError(f"{table.name('kind')}: expected 'hgweb' or 'template'")
-    if kind == "template" and "url_template" not in table.raw:
-        raise ConfigError(f"{table.name('url_template')}: required for kind 'template'")
-    template = _template(
-        table.name("url_template"),
-        table.take("url_template", str, DEFAULT_URL_TEMPLATE),
-        {"repo", "rev"} if kind == "template" else {"repo", "rev", "suffix"},
-    )
-    rev_template = table.take("rev_url_template", str, "")
-    if rev_template:
-        if kind != "hgweb":
-            raise ConfigError(
-                f"{table.name('rev_url_template')}: only for kind 'hgweb'"
-            )
-        _template(table.name("rev_url_template"), rev_template, {"repo", "rev"})
-    allow_symbolic = table.take("allow_symbolic", bool, False)
-    if allow_symbolic and kind != "template":
-        raise ConfigError(
-            f"{table.name('allow_symbolic')}: only for kind 'template' "
-            "(hgweb sources resolve symbolic revs)"
-        )
-    repos = table.take("repos", list, [])
-    for pattern in repos:
-        if not isinstance(pattern, str) or not _REPO_PATTERN.match(pattern):
-            raise ConfigError(f"{table.name('repos')}: bad repo pattern {pattern!r}")
-    source = SourceConfig(
-        name,
-        template,
-        kind=kind,
-        allow_symbolic=allow_symbolic,
-        repos=tuple(repos),
-        rev_url_template=rev_template,
-        headers_timeout=float(_number(table, "headers_timeout", 60.0, 0.1, 3600)),
-        idle_timeout=float(_number(table, "idle_timeout", 60.0, 0.1, 3600)),
-        total_timeout=float(_number(table, "total_timeout", 3600.0, 1, 86400)),
-        retries=_integer(table, "retries", 3, 0, 20),
-        retry_backoff=float(_number(table, "retry_backoff", 1.0, 0, 600)),
-        max_archive_bytes=_integer(
-            table, "max_archive_bytes", 5 * 1024 * MiB, 1, 2**50
-        ),
-    )
-    table.done()
-    return source
+def _rev_template(name: str, template: str, _: object) -> str:
+    return template and _template(name, template, {"repo", "rev"})
 
 
-def _storage(table: _Table) -> StorageConfig:
-    backend = table.take("backend", str, "file")
-    if backend not in ("file", "s3"):
-        raise ConfigError(f"{table.name('backend')}: expected 'file' or 's3'")
-    expiry = _integer(table, "signed_url_expiry", 300, 1, 7 * 24 * 3600)
-    threads = _integer(table, "threads", 16, 1, 256)
-    cache_size = _integer(table, "exists_cache_size", 100_000, 0, 10_000_000)
-    cache_ttl = float(_number(table, "exists_cache_ttl", 3600.0, 0, 30 * 86400))
-
-    s3 = table.table("s3")
-    buckets = s3.take("buckets", dict, {})
+def _buckets(name: str, buckets: dict[str, Any], _: object) -> dict[str, Any]:
     for region, bucket in buckets.items():
-        _region(s3.name("buckets"), region)
         if not isinstance(bucket, str) or not bucket:
-            raise ConfigError(f"{s3.name('buckets')}: bad bucket for {region!r}")
-    endpoint_url = s3.take("endpoint_url", str, None)
-    if endpoint_url is not None:
-        _http_url(s3.name("endpoint_url"), endpoint_url)
-    style = s3.take("addressing_style", str, None)
-    if style not in (None, "path", "virtual", "auto"):
-        raise ConfigError(f"{s3.name('addressing_style')}: expected path or virtual")
-    attempts = _integer(s3, "max_attempts", 5, 1, 20)
-    checksum = s3.take("checksum", str, "crc32")
-    if checksum not in ("crc32", "none"):
-        raise ConfigError(f"{s3.name('checksum')}: expected 'crc32' or 'none'")
-    sign_payload = s3.take("sign_payload", bool, False)
-    s3.done()
+            raise ConfigError(f"{name}: bad bucket for {region!r}")
+    return buckets
 
-    files = table.table("file")
-    root = files.take("root", str, "archiverd-data")
-    if not root:
-        raise ConfigError(f"{files.name('root')}: must not be empty")
-    regions = files.take("regions", list, ["local"])
-    for region in regions:
-        _region(files.name("regions"), region)
-    if len(set(regions)) != len(regions):
-        raise ConfigError(f"{files.name('regions')}: a region is named twice")
-    secret = files.take("secret", str, None)
-    if secret is not None and len(secret) < 16:
-        raise ConfigError(f"{files.name('secret')}: use at least 16 characters")
-    files.done()
-    table.done()
 
-    storage = StorageConfig(
-        backend,
-        expiry,
-        threads,
-        cache_size,
-        cache_ttl,
-        S3Config(dict(buckets), endpoint_url, style, attempts, checksum, sign_payload),
-        FileConfig(root, tuple(regions), secret),
+def _has_regions(name: str, backend: str, values: Mapping[str, Any]) -> str:
+    if not StorageConfig(**values).regions:
+        where = "s3.buckets" if backend == "s3" else "file.regions"
+        raise ConfigError(f"{name.rpartition('.')[0]}.{where}: no regions configured")
+    return backend
+
+
+def _redis_url(name: str, url: str, values: Mapping[str, Any]) -> str:
+    schemes = ("redis", "rediss", "unix")
+    if values["backend"] == "redis" and urlsplit(url).scheme not in schemes:
+        raise ConfigError(f"{name}: expected redis://HOST:PORT/DB for backend 'redis'")
+    return url
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """An upstream VCS host that serves archives."""
+
+    name: str
+    url_template: str = setting(
+        DEFAULT_URL_TEMPLATE, check=_url_template, required_for=("kind", "template")
     )
-    if not storage.regions:
-        where = "storage.s3.buckets" if backend == "s3" else "storage.file.regions"
-        raise ConfigError(f"{where}: no regions configured")
-    return storage
+    #: Where symbolic revs are resolved; default: beside the archive URL.
+    rev_url_template: str = setting("", only_for=("kind", "hgweb"), check=_rev_template)
+    #: Seconds to wait for upstream's response headers.
+    headers_timeout: float = setting(60.0, low=0.1, high=3600)
+    #: Seconds without a byte from upstream, mid-body, before giving up.
+    #: (Time spent paused for storage to catch up does not count.)
+    idle_timeout: float = setting(60.0, low=0.1, high=3600)
+    #: Seconds a whole transfer may take.
+    total_timeout: float = setting(3600.0, low=1, high=86400)
+    #: Further attempts after a connection failure, a reset or a 5xx.
+    retries: int = setting(3, low=0, high=20)
+    #: First retry delay in seconds; doubled each time, with jitter.
+    retry_backoff: float = setting(1.0, low=0, high=600)
+    #: Larger archives are refused.
+    max_archive_bytes: int = setting(5 * 1024 * MiB, low=1, high=2**50)
+    #: "hgweb": Mercurial's hgweb (symbolic revs resolved through json-rev);
+    #: "template": any archive URL template (revs are full commit ids).
+    kind: str = setting("hgweb", choices=("hgweb", "template"))
+    #: kind "template": also take symbolic revs (branches, tags), cached
+    #: under their name, so they can be served stale.
+    allow_symbolic: bool = setting(
+        False, only_for=("kind", "template", "hgweb sources resolve symbolic revs")
+    )
+    #: Repo patterns served ("*" within a path segment, "**" across them);
+    #: empty: every repo.
+    repos: tuple[str, ...] = setting((), each=_REPO)
+
+    @property
+    def host(self) -> str:
+        """The upstream host name (for logs and metrics)."""
+        return urlsplit(self.url_template).hostname or ""
+
+    @property
+    def resolved_rev_url_template(self) -> str:
+        """Where symbolic revs are resolved: as configured, or hgweb's json-rev."""
+        if self.rev_url_template:
+            return self.rev_url_template
+        prefix = self.url_template[: self.url_template.index("{repo}")]
+        return prefix + "{repo}/json-rev/{rev}"
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """The s3 backend: a bucket per region."""
+
+    buckets: Mapping[str, str] = setting(factory=dict, each=_REGION, check=_buckets)
+    endpoint_url: str | None = setting(None, check=_http_url)
+    #: "path" or "virtual"; None lets botocore choose.
+    addressing_style: str | None = setting(
+        None, choices=("path", "virtual", "auto"), expected="path or virtual"
+    )
+    #: botocore's retry attempts for each call (standard retry mode).
+    max_attempts: int = setting(5, low=1, high=20)
+    #: "crc32": S3 checks every request's bytes against a CRC32 (cheap);
+    #: "none": no per-request checksum (the sha256 in metadata remains).
+    checksum: str = setting("crc32", choices=("crc32", "none"))
+    #: Also sign each body's sha256 into the request (a second full hash).
+    sign_payload: bool = False
+
+
+@dataclass(frozen=True)
+class FileConfig:
+    """The file backend: a directory per region under one root."""
+
+    root: str = setting("archiverd-data", refuse=(operator.not_, "must not be empty"))
+    regions: tuple[str, ...] = setting(
+        ("local",),
+        each=_REGION,
+        refuse=(lambda rs: len(set(rs)) < len(rs), "a region is named twice"),
+    )
+    #: HMAC key for signed file URLs; default: generated and kept under root.
+    secret: str | None = setting(
+        None, refuse=(lambda s: len(s) < 16, "use at least 16 characters")
+    )
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where archives are kept."""
+
+    backend: str = setting("file", choices=("file", "s3"), check=_has_regions)
+    signed_url_expiry: int = setting(300, low=1, high=7 * 24 * 3600)
+    #: Threads that run blocking storage calls (botocore, file writes).
+    threads: int = setting(16, low=1, high=256)
+    #: (region, key) pairs remembered as stored, so hits need no storage call.
+    exists_cache_size: int = setting(100_000, low=0, high=10_000_000)
+    #: Seconds one is remembered (an object deleted behind archiverd's back
+    #: is noticed after this long).
+    exists_cache_ttl: float = setting(3600.0, low=0, high=30 * 86400)
+    s3: S3Config = field(default_factory=S3Config)
+    file: FileConfig = field(default_factory=FileConfig)
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        """Configured regions; the first is the default."""
+        if self.backend == "s3":
+            return tuple(self.s3.buckets)
+        return self.file.regions
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How archives stream from upstream to storage."""
+
+    #: Bytes per multipart part (S3 wants at least 5 MiB).
+    part_size: int = setting(8 * MiB, low=MIN_PART_SIZE, high=MAX_PART_SIZE)
+    #: Parts of one task held in memory at once, across all its regions.
+    parts_in_flight: int = setting(4, low=1, high=64)
+    #: Bytes read from upstream's socket at a time (Twisted's default: 64 KiB).
+    read_size: int = setting(MiB, low=16 * 1024, high=64 * MiB)
+
+
+@dataclass(frozen=True)
+class TasksConfig:
+    """The task table."""
+
+    #: Seconds a finished task stays in the table.
+    keep_finished: float = setting(3600.0, low=0, high=30 * 86400)
+    #: Transfers that run at once; more wait their turn as PENDING.
+    max_concurrent_tasks: int = setting(8, low=1, high=1024)
+    #: Tasks the table holds; when all are unfinished, requests get 503.
+    max_tasks: int = setting(10000, low=1, high=10_000_000)
+
+
+@dataclass(frozen=True)
+class CoordinationConfig:
+    """How daemons share tasks."""
+
+    #: "memory": one daemon, its own task table; "redis": several daemons
+    #: share tasks, locks and the concurrency limit through Redis.
+    backend: str = setting("memory", choices=("memory", "redis"))
+    url: str = setting("", check=_redis_url)
+    #: Every Redis key starts with this.
+    prefix: str = "archiverd:"
+    #: Seconds a task's lock outlives its holder (renewed while it runs):
+    #: how long a killed daemon's work waits before another takes it over.
+    lock_ttl: float = setting(30.0, low=1, high=3600)
+    #: Seconds each Redis call may take before it counts as unavailable.
+    timeout: float = setting(2.0, low=0.1, high=60)
+
+
+def _sources(table: _Table, default: dict[str, SourceConfig]) -> Mapping[str, Any]:
+    """[sources.NAME] tables (each checked, even if not enabled), and defaults."""
+    sources = {}
+    for name in list(table.raw):
+        # "status" and "files" are the web service's own routes.
+        if not re.match(r"[a-z0-9][a-z0-9_-]*\Z", name) or name in ("status", "files"):
+            raise ConfigError(f"{table.name(name)}: bad source name")
+        source = table.table(name)
+        enabled = "enabled" not in source.raw or source.take("enabled", bool)
+        config = source.read(SourceConfig, name=name)
+        if enabled:
+            sources[name] = config
+    sources = {k: v for k, v in default.items() if k not in table.given} | sources
+    if not sources:
+        raise ConfigError(f"{table.path}: every source is disabled")
+    return sources
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    listen: str = DEFAULT_LISTEN
+    public_url: str | None = setting(None, check=_public_url)
+    #: hg.mozilla.org stays served unless configured otherwise.
+    sources: Mapping[str, SourceConfig] = setting(
+        factory=lambda: {"hgmo": SourceConfig("hgmo")}, read=_sources
+    )
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
+    #: Seconds to finish aborting uploads on SIGTERM before exiting anyway.
+    shutdown_grace: float = setting(10.0, low=0, high=3600)
+    coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
+
+
+#: For each field type: the TOML type it is read from, and how it is kept.
+_KINDS: dict[Any, tuple[type | tuple[type, ...], Callable[[Any], Any]]] = {
+    str: (str, str),
+    str | None: (str, str),
+    bool: (bool, bool),
+    int: (int, int),
+    float: ((int, float), float),
+    tuple[str, ...]: (list, tuple),
+    Mapping[str, str]: (dict, dict),
+}
+_T = TypeVar("_T")
+
+
+class _Table:
+    """One TOML table being read into a config dataclass, by its fields' rules."""
+
+    def __init__(self, raw: Any, path: str) -> None:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path or 'config'}: expected a table")
+        self.raw = dict(raw)
+        self.given = frozenset(raw)
+        self.path = path
+
+    def name(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def take(self, key: str, kind: type | tuple[type, ...]) -> Any:
+        value = self.raw.pop(key)
+        if isinstance(value, bool) and kind in (int, float, (int, float)):
+            raise ConfigError(f"{self.name(key)}: expected a number, got {value!r}")
+        if not isinstance(value, kind):
+            want = kind.__name__ if isinstance(kind, type) else "a number"
+            raise ConfigError(f"{self.name(key)}: expected {want}, got {value!r}")
+        return value
+
+    def table(self, key: str) -> _Table:
+        return _Table(self.raw.pop(key, {}), self.name(key))
+
+    def read(self, cls: type[_T], **fixed: Any) -> _T:
+        """``cls`` from each field's own rules, then those about other keys."""
+        specs = fields(cls)  # type: ignore[arg-type]
+        # The annotations are strings (postponed evaluation) until resolved.
+        kinds = get_type_hints(cls)
+        values = dict(fixed)
+        for spec in specs:
+            if spec.name not in values:
+                values[spec.name] = self.value(spec, kinds[spec.name])
+        for spec in specs:
+            values[spec.name] = self.check(spec, values)
+        for key in self.raw:
+            raise ConfigError(f"{self.name(key)}: unknown key")
+        return cls(**values)
+
+    def value(self, spec: Field[Any], kind: Any) -> Any:
+        """One field's value: the file's, by its type and own rules, or the default."""
+        factory, rules = spec.default_factory, spec.metadata
+        default = spec.default if factory is MISSING else factory()
+        if "read" in rules:
+            return rules["read"](self.table(spec.name), default)
+        if is_dataclass(kind):
+            return self.table(spec.name).read(kind)  # type: ignore[arg-type]
+        toml_type, keep = _KINDS[kind]
+        if spec.name not in self.raw:
+            return default
+        name, value = self.name(spec.name), self.take(spec.name, toml_type)
+        low, high = rules.get("low"), rules.get("high")
+        if low is not None and not low <= value <= high:
+            raise ConfigError(f"{name}: must be between {low} and {high}")
+        if rules.get("choices") and value not in rules["choices"]:
+            expected = rules.get("expected") or " or ".join(map(repr, rules["choices"]))
+            raise ConfigError(f"{name}: expected {expected}")
+        pattern, why = rules.get("each", ("", ""))
+        for item in value if pattern else ():
+            if not isinstance(item, str) or not re.match(pattern, item):
+                raise ConfigError(f"{name}: {why} {item!r}")
+        refused, why = rules.get("refuse", (None, ""))
+        if refused and refused(value):
+            raise ConfigError(f"{name}: {why}")
+        return keep(value)
+
+    def check(self, spec: Field[Any], values: dict[str, Any]) -> Any:
+        """One field's value, by the rules that look at the table's other values."""
+        name, value, rules = self.name(spec.name), values[spec.name], spec.metadata
+        other, wanted = rules.get("required_for", ("", None))
+        if other and values[other] == wanted and spec.name not in self.given:
+            raise ConfigError(f"{name}: required for {other} {wanted!r}")
+        other, wanted, *why = rules.get("only_for", ("", None))
+        if other and value and values[other] != wanted:
+            reason = "".join(f" ({w})" for w in why)
+            raise ConfigError(f"{name}: only for {other} {wanted!r}{reason}")
+        check = rules.get("check")
+        return check(name, value, values) if check and value is not None else value
 
 
 def parse(raw: Mapping[str, Any]) -> Config:
     """Build a :class:`Config` from a parsed TOML document."""
-    top = _Table(raw, "")
-    listen = top.take("listen", str, DEFAULT_LISTEN)
-    public_url = top.take("public_url", str, None)
-    shutdown_grace = float(_number(top, "shutdown_grace", 10.0, 0, 3600))
-    if public_url is not None:
-        public_url = _http_url("public_url", public_url).rstrip("/")
-
-    sources_table = top.table("sources")
-    sources = {}
-    named = list(sources_table.raw)
-    for name in named:
-        if not re.match(r"[a-z0-9][a-z0-9_-]*\Z", name) or name in ("status", "files"):
-            raise ConfigError(f"sources.{name}: bad source name")
-        table = sources_table.table(name)
-        enabled = table.take("enabled", bool, True)
-        source = _source(name, table)
-        if enabled:
-            sources[name] = source
-    if "hgmo" not in named:
-        # hg.mozilla.org stays served unless configured otherwise.
-        sources = {"hgmo": SourceConfig("hgmo"), **sources}
-    if not sources:
-        raise ConfigError("sources: every source is disabled")
-
-    storage = _storage(top.table("storage"))
-
-    pipeline = top.table("pipeline")
-    part_size = _integer(pipeline, "part_size", 8 * MiB, MIN_PART_SIZE, MAX_PART_SIZE)
-    in_flight = _integer(pipeline, "parts_in_flight", 4, 1, 64)
-    read_size = _integer(pipeline, "read_size", MiB, 16 * 1024, 64 * MiB)
-    pipeline.done()
-
-    tasks = top.table("tasks")
-    tasks_config = TasksConfig(
-        keep_finished=float(_number(tasks, "keep_finished", 3600.0, 0, 30 * 86400)),
-        max_concurrent_tasks=_integer(tasks, "max_concurrent_tasks", 8, 1, 1024),
-        max_tasks=_integer(tasks, "max_tasks", 10000, 1, 10_000_000),
-    )
-    tasks.done()
-    coordination = _coordination(top.table("coordination"))
-    top.done()
-
-    return Config(
-        listen,
-        public_url,
-        sources,
-        storage,
-        PipelineConfig(part_size, in_flight, read_size),
-        tasks_config,
-        shutdown_grace,
-        coordination,
-    )
+    return _Table(raw, "").read(Config)
 
 
-def _coordination(table: _Table) -> CoordinationConfig:
-    backend = table.take("backend", str, "memory")
-    if backend not in ("memory", "redis"):
-        raise ConfigError(f"{table.name('backend')}: expected 'memory' or 'redis'")
-    url = table.take("url", str, "")
-    if backend == "redis" and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(
-            f"{table.name('url')}: expected redis://HOST:PORT/DB for backend 'redis'"
-        )
-    config = CoordinationConfig(
-        backend,
-        url,
-        prefix=table.take("prefix", str, "archiverd:"),
-        lock_ttl=float(_number(table, "lock_ttl", 30.0, 1, 3600)),
-        timeout=float(_number(table, "timeout", 2.0, 0.1, 60)),
-    )
-    table.done()
-    return config
-
-
-def _subtable(raw: dict[str, Any], key: str, path: str) -> dict[str, Any]:
-    """raw[key] as a table (created if absent), or a ConfigError naming path."""
-    table = raw.setdefault(key, {})
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: expected a table")
-    return table
+def _subtable(raw: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """The table at keys (created if absent), or a ConfigError naming it."""
+    for depth, key in enumerate(keys, 1):
+        raw = raw.setdefault(key, {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{'.'.join(keys[:depth])}: expected a table")
+    return raw
 
 
 def apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -445,8 +416,7 @@ def apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
     """
     template = environ.get("ARCHIVER_HGMO_URL_TEMPLATE")
     if template:
-        sources = _subtable(raw, "sources", "sources")
-        _subtable(sources, "hgmo", "sources.hgmo")["url_template"] = template
+        _subtable(raw, "sources", "hgmo")["url_template"] = template
     buckets = environ.get("ARCHIVER_S3_BUCKETS")
     if buckets:
         try:
@@ -455,9 +425,8 @@ def apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
             raise ConfigError("ARCHIVER_S3_BUCKETS: not valid JSON") from None
         if not isinstance(parsed, dict):
             raise ConfigError("ARCHIVER_S3_BUCKETS: expected a JSON object")
-        storage = _subtable(raw, "storage", "storage")
-        storage.setdefault("backend", "s3")
-        _subtable(storage, "s3", "storage.s3")["buckets"] = parsed
+        _subtable(raw, "storage").setdefault("backend", "s3")
+        _subtable(raw, "storage", "s3")["buckets"] = parsed
 
 
 def load(path: str | None, environ: Mapping[str, str]) -> Config:

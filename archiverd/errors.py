@@ -42,3 +42,8 @@ class StorageError(Exception):
 
 class Busy(Exception):
     """Too much unfinished work to take more (HTTP 503 with Retry-After)."""
+
+
+class FleetUnavailable(Exception):
+    """The fleet's shared state (Redis) could not be reached or did not
+    answer in time (HTTP 503)."""

@@ -25,13 +25,20 @@ import unicodedata
 from dataclasses import dataclass
 
 from archiverd.errors import BadRequest
+from archiverd.wire import SUFFIXES
 
-#: Archive suffixes upstream serves, with the Content-Type of each.
-CONTENT_TYPES = {
+_MEDIA_TYPES = {
     "tar.gz": "application/gzip",
     "tar.bz2": "application/x-bzip2",
     "zip": "application/zip",
 }
+if set(_MEDIA_TYPES) != set(SUFFIXES):
+    # The client offers wire's suffixes: a suffix there without a type here
+    # would be a 500, one here without wire's a choice no client can make.
+    raise RuntimeError("archiverd.keys: a Content-Type for each of wire.SUFFIXES")
+#: Archive suffixes upstream serves (:data:`archiverd.wire.SUFFIXES`, in its
+#: order), with the Content-Type of each.
+CONTENT_TYPES = {suffix: _MEDIA_TYPES[suffix] for suffix in SUFFIXES}
 
 MAX_NAME_LENGTH = 256
 SHORT_REV_LENGTH = 12
@@ -187,8 +194,9 @@ def key_for_task_id(task_id: str) -> str:
 
 
 _AFTER_REPO = re.compile(
-    r"(?P<rev>[0-9a-f]{1,12}|[0-9a-f]{40})\.(?P<suffix>tar\.gz|tar\.bz2|zip)"
-    r"(?:/(?P<subdir>.+))?\Z",
+    r"(?P<rev>[0-9a-f]{1,12}|[0-9a-f]{40})\.(?P<suffix>"
+    + "|".join(re.escape(suffix) for suffix in SUFFIXES)
+    + r")(?:/(?P<subdir>.+))?\Z",
     re.DOTALL,
 )
 _PREFIX = re.compile(r"@(?P<source>[a-z0-9][a-z0-9_-]*)/")

@@ -1,9 +1,10 @@
 """The composition root: ``twistd -n archiverd --config archiverd.toml``.
 
-The only module that touches the global reactor, and only in
-:func:`makeService`. Services are added so that ``MultiService`` (which stops
-children in reverse order) stops the listener first, then the tasks (aborting
-every upload in flight), then the storage thread pool.
+Builds every object and wires them together: the only module that touches the
+global reactor, and only in :func:`makeService`. ``MultiService`` starts its
+children in order but stops them all at once, so :class:`Daemon` stops them
+itself, last started first: the listener, then the tasks (aborting every
+upload in flight), then the storage thread pool.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
 from archiverd import __version__
-from archiverd.api.web import ArchiverAPI, ArchiverSite, access_log_formatter
+from archiverd.api.files import SignedFiles
+from archiverd.api.site import ArchiverSite, access_log_formatter
+from archiverd.api.web import ArchiverAPI
+from archiverd.archives import Archives
 from archiverd.config import Config, ConfigError, load
 from archiverd.ops.health import Health
 from archiverd.ops.logs import RequestLog, TimedRequest, use_json_logs
@@ -32,7 +36,8 @@ from archiverd.storage.base import Storage
 from archiverd.storage.files import FileStorage
 from archiverd.storage.s3 import S3Storage
 from archiverd.storage.service import StorageService
-from archiverd.tasks.fleet import FleetTaskService
+from archiverd.tasks.coordinator import Coordinator, LocalCoordinator
+from archiverd.tasks.fleet import RedisCoordinator
 from archiverd.tasks.redis_store import RedisFleet
 from archiverd.tasks.service import TaskService
 from archiverd.transfer.pipeline import Fetcher
@@ -136,6 +141,16 @@ class Daemon(MultiService):
             name: Source(sc, client, reactor) for name, sc in config.sources.items()
         }
         self.metrics = Metrics()
+        self.fleet = build_fleet(config, reactor)
+        self.tasks = self._task_service(config, reactor, sources)
+        self.api = self._api(config, reactor, sources)
+        self.storage.setServiceParent(self)
+        self.tasks.setServiceParent(self)
+
+    def _task_service(
+        self, config: Config, reactor: Any, sources: dict[str, Source]
+    ) -> TaskService:
+        """The task service, its runner, and the coordinator configured."""
         fetcher = Fetcher(
             sources,
             self.storage,
@@ -145,42 +160,50 @@ class Daemon(MultiService):
             read_size=config.pipeline.read_size,
             metrics=self.metrics,
         )
-        self.fleet = build_fleet(config, reactor)
-        limits: dict[str, Any] = {
-            "max_concurrent": config.tasks.max_concurrent_tasks,
-            "max_tasks": config.tasks.max_tasks,
-            "metrics": self.metrics,
-        }
-        self.tasks: TaskService
-        if self.fleet is None:
-            self.tasks = TaskService(
-                reactor, fetcher, config.tasks.keep_finished, **limits
-            )
-        else:
-            self.tasks = FleetTaskService(
-                reactor,
-                fetcher,
+        coordinator: Coordinator = LocalCoordinator()
+        if self.fleet is not None:
+            coordinator = RedisCoordinator(
                 self.fleet,
-                config.tasks.keep_finished,
+                reactor,
+                keep_finished=config.tasks.keep_finished,
                 lock_ttl=config.coordination.lock_ttl,
                 clean=self.storage.abort_abandoned,
-                **limits,
             )
             self.metrics.watch_fleet(self.fleet)
-        self.metrics.watch_tasks(self.tasks)
-        self.api = ArchiverAPI(
+        tasks = TaskService(
+            reactor,
+            fetcher,
+            config.tasks.keep_finished,
+            coordinator=coordinator,
+            max_concurrent=config.tasks.max_concurrent_tasks,
+            max_tasks=config.tasks.max_tasks,
+            metrics=self.metrics,
+        )
+        self.metrics.watch_tasks(tasks)
+        return tasks
+
+    def _api(
+        self, config: Config, reactor: Any, sources: dict[str, Source]
+    ) -> ArchiverAPI:
+        """The HTTP API over the domain, with the files route when files are
+        stored locally."""
+        archives = Archives(
             sources,
             self.storage,
             self.tasks,
             reactor,
             signed_url_expiry=config.storage.signed_url_expiry,
+        )
+        files = None
+        if self.files is not None:
+            files = SignedFiles(self.files, self.storage.call)
+        return ArchiverAPI(
+            archives,
             public_url=config.public_url,
-            files=self.files,
+            files=files,
             health=Health(self.storage, sources, reactor, fleet=self.fleet),
             metrics=self.metrics,
         )
-        self.storage.setServiceParent(self)
-        self.tasks.setServiceParent(self)
 
     def open_files(self) -> None:
         """Open local-files storage now, so a bad root fails start-up at once."""
@@ -275,10 +298,15 @@ def makeService(options: Options) -> MultiService:
         ) from None
     if options["log-format"] == "json":
         site = ArchiverSite(
-            daemon.api, request_log=RequestLog(), requestFactory=TimedRequest
+            daemon.api,
+            reactor=reactor,
+            request_log=RequestLog(),
+            requestFactory=TimedRequest,
         )
     else:
-        site = ArchiverSite(daemon.api, logFormatter=access_log_formatter)
+        site = ArchiverSite(
+            daemon.api, reactor=reactor, logFormatter=access_log_formatter
+        )
     web = StreamServerEndpointService(endpoint, site)
     web.setServiceParent(daemon)
     return daemon

@@ -5,7 +5,7 @@ Built from the running configuration: the ``source`` path parameter lists
 the configured sources, ``preferred_region`` the configured regions, and
 ``servers`` names ``public_url`` when it is set (otherwise clients use the
 document's own origin). ``tests/unit/test_openapi.py`` checks that every Klein
-route is described here, and ``tests/integration/test_openapi.py`` runs
+route is described here, and ``tests/integration/test_schemathesis.py`` runs
 schemathesis against a running daemon with it.
 """
 
@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from archiverd import __version__
+from archiverd.api.openapi_schemas import ref, schemas
 from archiverd.keys import CONTENT_TYPES, MAX_NAME_LENGTH
 
 OPENAPI_PATH = "/archiver/openapi.json"
@@ -51,10 +52,6 @@ _NAME_RULES = (
 )
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
 def _json(schema: dict[str, Any], description: str, **headers: Any) -> dict[str, Any]:
     response: dict[str, Any] = {
         "description": description,
@@ -66,7 +63,7 @@ def _json(schema: dict[str, Any], description: str, **headers: Any) -> dict[str,
 
 
 def _error(description: str, **headers: Any) -> dict[str, Any]:
-    return _json(_ref("Error"), description, **headers)
+    return _json(ref("Error"), description, **headers)
 
 
 #: What every query parameter must be (``web._arg``).
@@ -204,7 +201,7 @@ def _archive_parameters(
 def _archive_responses() -> dict[str, Any]:
     return {
         "202": _json(
-            _ref("Accepted"),
+            ref("Accepted"),
             "Not stored in the preferred region yet: one background task "
             "fetches it (concurrent requests join it). Poll the Location.",
             Location={**_LOCATION, "description": "The task's status URL."},
@@ -319,83 +316,6 @@ def _file_operations(regions: Sequence[str]) -> dict[str, Any]:
     )
 
 
-def _schemas() -> dict[str, Any]:
-    string_map = {"type": "object", "additionalProperties": {"type": "string"}}
-    return {
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "properties": {"error": {"type": "string"}},
-            "additionalProperties": False,
-        },
-        "Accepted": {
-            "type": "object",
-            "required": ["result"],
-            "properties": {"result": {"type": "object", "additionalProperties": False}},
-            "additionalProperties": False,
-        },
-        "Status": {
-            "type": "object",
-            "required": ["result"],
-            "properties": {"result": _ref("StatusResult")},
-            "additionalProperties": False,
-        },
-        "StatusResult": {
-            "type": "object",
-            "required": ["state", "status", "src_url", "s3_urls"],
-            "properties": {
-                "state": {
-                    "enum": ["PENDING", "STARTED", "PROGRESS", "SUCCESS", "FAILURE"]
-                },
-                "status": {"type": "string", "description": "A sentence for people."},
-                "src_url": {"type": "string"},
-                "s3_urls": {
-                    **string_map,
-                    "description": "On SUCCESS, a URL per region, signed at poll time.",
-                },
-                "bytes_received": {"type": "integer", "minimum": 0},
-                "elapsed_seconds": {"type": "number", "minimum": 0},
-                "regions": {"type": "array", "items": {"type": "string"}},
-                "size": {"type": ["integer", "null"], "minimum": 0},
-                "sha256": {"type": ["string", "null"]},
-            },
-            "additionalProperties": False,
-        },
-        "Heartbeat": {
-            "type": "object",
-            "required": ["status", "checks", "details"],
-            "properties": {
-                "status": {"enum": ["ok", "error"]},
-                "checks": {
-                    "type": "object",
-                    "additionalProperties": {"enum": ["ok", "error"]},
-                },
-                "details": {
-                    "type": "object",
-                    "additionalProperties": {
-                        "type": "object",
-                        "required": ["status", "message"],
-                        "properties": {
-                            "status": {"const": "error"},
-                            "message": {"type": "string"},
-                        },
-                    },
-                },
-            },
-        },
-        "Version": {
-            "type": "object",
-            "required": ["source", "version", "commit"],
-            "properties": {
-                "source": {"type": "string"},
-                "version": {"type": "string"},
-                "commit": {"type": "string"},
-                "build": {"type": "string"},
-            },
-        },
-    }
-
-
 def openapi_document(
     sources: Iterable[str],
     regions: Sequence[str],
@@ -439,7 +359,7 @@ def openapi_document(
             "URLs if the archive is stored in every region, otherwise "
             "PENDING with `no status available at this point.`",
             {
-                "200": _json(_ref("Status"), "The task's state."),
+                "200": _json(ref("Status"), "The task's state."),
                 "400": _error(_BAD_URL),
                 "404": _error("The path matches no route (a `/` in the task id)."),
                 "503": _error(
@@ -484,15 +404,15 @@ def openapi_document(
             "Heartbeat",
             "Checks each region's storage and each upstream host, at once.",
             {
-                "200": _json(_ref("Heartbeat"), "Every check passed."),
-                "500": _json(_ref("Heartbeat"), "A check failed; see details."),
+                "200": _json(ref("Heartbeat"), "Every check passed."),
+                "500": _json(ref("Heartbeat"), "A check failed; see details."),
             },
             operation_id="getHeartbeat",
         ),
         "/__version__": _operations(
             "Version",
             "Source, version and commit, written at build time.",
-            {"200": _json(_ref("Version"), "The version object.")},
+            {"200": _json(ref("Version"), "The version object.")},
             operation_id="getVersion",
         ),
         "/metrics": _operations(
@@ -518,7 +438,7 @@ def openapi_document(
             ),
         },
         "paths": paths,
-        "components": {"schemas": _schemas()},
+        "components": {"schemas": schemas()},
     }
     if public_url:
         document["servers"] = [{"url": public_url}]

@@ -8,20 +8,18 @@ storage's own code runs only on pool threads.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from archiverd.errors import StorageError
 from archiverd.storage.base import ObjectInfo, Storage
 from archiverd.storage.cache import ExpiringLRU
+from archiverd.util.threads import BlockingPool, PoolStopped
 
 T = TypeVar("T")
 
@@ -53,12 +51,9 @@ class StorageService(Service):
         self._signed: ExpiringLRU[tuple[str, str, int], str] = ExpiringLRU(
             min(exists_cache_size, 10_000), signed_url_reuse, reactor.seconds
         )
-        self._pool = ThreadPool(
-            minthreads=0, maxthreads=threads, name="archiverd-storage"
-        )
-        # Daemon threads: a call stuck past the shutdown grace period must
+        # Daemon threads: a call stuck past the shutdown grace period does
         # not keep the process alive (see abandon()).
-        self._pool.threadFactory = _daemon_thread  # type: ignore[assignment]
+        self._pool = BlockingPool(reactor, "archiverd-storage", threads)
         self._opened = False
         self._open_error: BaseException | None = None
         self._waiters: list[Deferred[None]] = []
@@ -80,21 +75,24 @@ class StorageService(Service):
         super().startService()
         self._pool.start()
         if not self._opened:
-            d = deferToThreadPool(self._reactor, self._pool, self.storage.open)
-            d.addBoth(self._open_done)
+            self._pool.run(self.storage.open).addBoth(self._open_done)
 
     def stopService(self) -> Deferred[None]:
+        """Close the storage, then stop the pool once its calls are done."""
         super().stopService()
-        d = deferToThreadPool(self._reactor, self._pool, self.storage.close)
-        d.addErrback(lambda f: self.log.failure("closing storage", f))
-        d.addBoth(lambda _: self._pool.stop())
-        return d
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        try:
+            await self._pool.run(self.storage.close)
+        except Exception:
+            self.log.failure("closing storage")
+        await self._pool.stop()
 
     def abandon(self) -> None:
         """Stop taking work without waiting for the calls in progress."""
         Service.stopService(self)
-        # ThreadPool.stop() joins every thread: let a daemon thread wait.
-        threading.Thread(target=self._pool.stop, daemon=True).start()
+        self._pool.abandon()
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the pool once storage is open."""
@@ -104,7 +102,10 @@ class StorageService(Service):
             await waiter
         if self._open_error is not None:
             raise StorageError(f"storage is not available: {self._open_error}")
-        return await deferToThreadPool(self._reactor, self._pool, fn, *args)
+        try:
+            return await self._pool.run(fn, *args)
+        except PoolStopped as e:
+            raise StorageError(f"storage is stopped: {e}") from e
 
     async def check(self, region: str) -> None:
         """Raise if the region's storage cannot be used."""
@@ -202,7 +203,3 @@ class StorageService(Service):
                     n=count,
                     region=region,
                 )
-
-
-def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
-    return threading.Thread(*args, daemon=True, **kwargs)

@@ -1,46 +1,11 @@
 """What lets several archiverd daemons act as one: locks, slots, a queue and
 task records, in Redis.
 
-The client is redis-py, called through ``deferToThreadPool`` on a dedicated
-``ThreadPool`` (as :mod:`archiverd.storage.service` runs botocore), measured
-against txredisapi (Twisted's own Redis protocol, pipelined on the reactor) by
-``python -m bench.redis_client``: one run, both against one redis-server 7.0.15
-on loopback, 2 cores, Python 3.11.7, Twisted 26.10.0, txredisapi 1.6.0,
-redis-py 8.1.0 (10 threads); median of 5 rounds of 5,000 ops; CPU is the
-whole process's, per op:
-
-===========================  ==========  =========  ==========  =========
-call, client                 sequential  CPU µs     50 callers  CPU µs
-                             µs/op                  ops/s
-===========================  ==========  =========  ==========  =========
-HGETALL 10 fields, txredis   660         517        1,958       507
-HGETALL 10 fields, redis-py  325         264        3,751       256
-SET NX PX, txredisapi        137         103        23,823      40
-SET NX PX, redis-py          241         192        5,914       145
-===========================  ==========  =========  ==========  =========
-
-(Three runs on this noisy machine agreed on the direction: txredisapi's
-latency ÷ redis-py's was 2.0-3.0× on HGETALL and 0.5-0.57× on SET NX.)
-
-Why redis-py on a thread pool:
-
-- Neither is a bottleneck: the fleet makes a few calls per cold archive and
-  one per status poll of another daemon's task, tens to hundreds a second,
-  far under either's ceiling. txredisapi is ~2× faster (and 4× cheaper under
-  load) on one-value replies (locks, slots, queue); redis-py is 2-3× faster and
-  half the CPU on the task record, because txredisapi's line parser pauses the
-  transport and takes one reactor turn (``callLater(0)``) per element of a
-  multi-value reply: ~500 µs of CPU per HGETALL, all on the reactor thread
-  that answers hits.
-- txredisapi imports ``twisted.internet.reactor`` at module level (installing
-  the default reactor on import) and times out, reconnects and backs off (up
-  to 10 s) on that global reactor, so none of it runs on an injected clock.
-  Its default ``convertNumbers=True`` turns a stored "0" into ``0``.
-- redis-py is Redis' own client and the most used; a blocking call is bounded
-  by its socket timeouts; and a blocking client on a dedicated pool, with the
-  reactor passed in, is already this daemon's pattern (STYLE.md).
-- Both are maintained (txredisapi 1.6.0 released 2026-10, redis-py 8.1.0
-  2026-07) and both work on Twisted 26.10 (the bench runs both).
+The client is redis-py, a blocking client, on a dedicated thread pool
+(:class:`~archiverd.util.threads.BlockingPool`, as storage runs botocore),
+with the reactor passed in. Why redis-py rather than txredisapi, and the
+measurements behind that choice, are in ``docs/performance.md`` ("The Redis
+client").
 
 Semantics: every key starts with ``prefix``. Times that daemons compare (slot
 and queue expiries) come from Redis' own clock (``TIME`` in Lua), never from a
@@ -66,15 +31,12 @@ from redis.retry import Retry
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
+
+from archiverd.errors import FleetUnavailable
+from archiverd.util.threads import BlockingPool
 
 T = TypeVar("T")
-
-
-class FleetUnavailable(Exception):
-    """Redis could not be reached or did not answer in time (HTTP 503)."""
 
 
 # Errors that mean "Redis is not usable now", not "this call was wrong".
@@ -93,13 +55,6 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
     return 1
-end
-return 0
-"""
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 """
@@ -175,13 +130,6 @@ return redis.call('ZRANK', KEYS[1], ARGV[1])
 """
 )
 
-# KEYS: task hash. ARGV: ttl ms, field, value, field, value, ...
-_SAVE_TASK = """
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-return redis.call('PEXPIRE', KEYS[1], ARGV[1])
-"""
-
 # The holder's heartbeat, fenced: renew the lock and rewrite the task record,
 # only while the lock is still this token's, and never with an older write of
 # its own (writes may reach Redis out of order over the pool's connections).
@@ -197,13 +145,6 @@ redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'token', ARGV[1], 'seq', ARGV[4], unpack(ARGV, 5))
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return 1
-"""
-
-# Never brings back an expired record with only some of its fields.
-_UPDATE_TASK = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-return redis.call('PEXPIRE', KEYS[1], ARGV[1])
 """
 
 
@@ -268,22 +209,16 @@ class RedisFleet:
             # server, and send the command twice.
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         )
-        self._pool = ThreadPool(
-            minthreads=0, maxthreads=threads, name="archiverd-redis"
-        )
-        self._pool.threadFactory = _daemon_thread  # type: ignore[assignment]
+        self._pool = BlockingPool(clock, "archiverd-redis", threads)
         self._scripts = {
             name: self._client.register_script(lua)
             for name, lua in (
                 ("acquire", _ACQUIRE),
-                ("renew", _RENEW),
                 ("release", _RELEASE),
                 ("take_slot", _TAKE_SLOT),
                 ("renew_slot", _RENEW_SLOT),
                 ("enqueue", _ENQUEUE),
                 ("position", _POSITION),
-                ("save_task", _SAVE_TASK),
-                ("update_task", _UPDATE_TASK),
                 ("keep", _KEEP),
             )
         }
@@ -329,24 +264,12 @@ class RedisFleet:
         if self._pinging is not None:
             await self._pinging
         try:
-            await deferToThreadPool(
-                self._clock, self._pool, self._client.connection_pool.disconnect
-            )
+            await self._pool.run(self._client.connection_pool.disconnect)
         except Exception:
             self.log.failure("closing redis connections")
         self._up = False
-        # ThreadPool.stop() joins the threads, one of which may be in a call
-        # for up to ``timeout``: wait for that off the reactor thread.
-        stopped: Deferred[None] = Deferred()
-
-        def stop_pool() -> None:
-            self._pool.stop()
-            self._clock.callFromThread(stopped.callback, None)
-
-        threading.Thread(
-            target=stop_pool, name="archiverd-redis-stop", daemon=True
-        ).start()
-        await stopped
+        # A thread may still be in a call for up to ``timeout``.
+        await self._pool.stop()
 
     def _ping_quietly(self) -> None:
         if self._pinging is not None:
@@ -387,7 +310,7 @@ class RedisFleet:
             return fn(*args, **kwargs)
 
         self.calls += 1
-        d = deferToThreadPool(self._clock, self._pool, run)
+        d = self._pool.run(run)
         d.addTimeout(self.timeout, self._clock)
         try:
             result = await d
@@ -427,14 +350,6 @@ class RedisFleet:
             "acquire", [self._key("lock", key)], [token, milliseconds(ttl)]
         )
         return token if taken else None
-
-    async def renew(self, key: str, token: str, ttl: float) -> bool:
-        """Extend the lock to ``ttl`` seconds from now, if still ours."""
-        return bool(
-            await self._script(
-                "renew", [self._key("lock", key)], [token, milliseconds(ttl)]
-            )
-        )
 
     async def release(self, key: str, token: str) -> bool:
         """Drop the lock if it is still ours; False when it was not."""
@@ -502,14 +417,6 @@ class RedisFleet:
 
     # -- task records --------------------------------------------------------
 
-    async def save_task(self, task_id: str, fields: dict[str, str], ttl: float) -> None:
-        """Replace the task's record with ``fields``, kept ``ttl`` seconds."""
-        await self._script(
-            "save_task",
-            [self._key("task", task_id)],
-            [milliseconds(ttl), *_flatten(fields)],
-        )
-
     async def keep(
         self,
         key: str,
@@ -539,20 +446,3 @@ class RedisFleet:
         """The task's record; None if there is none (or it expired)."""
         record = await self._call(self._client.hgetall, self._key("task", task_id))
         return {str(k): str(v) for k, v in record.items()} if record else None
-
-    async def update_task(
-        self, task_id: str, fields: dict[str, str], ttl: float
-    ) -> bool:
-        """Set ``fields`` in the task's record and keep it ``ttl`` seconds
-        more; False (and nothing written) when there is no record."""
-        return bool(
-            await self._script(
-                "update_task",
-                [self._key("task", task_id)],
-                [milliseconds(ttl), *_flatten(fields)],
-            )
-        )
-
-
-def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
-    return threading.Thread(*args, daemon=True, **kwargs)

@@ -1,18 +1,22 @@
-"""The in-memory task table: one task per archive being fetched.
+"""The task table: one task per archive being fetched, one lifecycle for all.
 
 A task id names exactly one archive (see :mod:`archiverd.keys`), so the table
 is keyed by it and a request for an archive whose task is running joins that
 task: N concurrent requests make one download. A failed task is replaced by the
 next request; a finished one stays for ``keep_finished`` seconds so pollers can
 read its outcome, then is dropped.
+
+A task's life: claimed (:meth:`TaskService.claim`), queued until it holds a
+slot, worked (the runner streams the archive), finished, settled. What differs
+between one daemon and a fleet (claims, slots, fences, published records) is
+the coordinator's (:mod:`archiverd.tasks.coordinator`); this module has one
+queue and one definition of everything else.
 """
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.service import Service
@@ -22,100 +26,12 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from archiverd.errors import Busy, StorageError, UpstreamError
+from archiverd.errors import Busy, FleetUnavailable, StorageError, UpstreamError
 from archiverd.keys import ArchiveRequest
 from archiverd.ops.metrics import Metrics
-
-SUCCESS_STATUS = "Task completed! Check 's3_urls' for upload locations."
-
-
-class State(enum.Enum):
-    PENDING = "PENDING"
-    STARTED = "STARTED"
-    PROGRESS = "PROGRESS"
-    SUCCESS = "SUCCESS"
-    FAILURE = "FAILURE"
-
-
-FINISHED = (State.SUCCESS, State.FAILURE)
-
-
-@dataclass(eq=False)
-class Task:
-    """One archive being fetched into some regions."""
-
-    request: ArchiveRequest
-    src_url: str
-    regions: tuple[str, ...]
-    created: float
-    upstream_host: str = ""
-    state: State = State.PENDING
-    error: str = ""
-    bytes_received: int = 0
-    #: While queued: how many tasks will start before this one.
-    ahead: int = 0
-    started: float | None = None
-    finished: float | None = None
-    size: int | None = None
-    sha256: str | None = None
-    deferred: Deferred[None] | None = field(default=None, repr=False)
-    #: With a fleet: the lock's token, and the check made before the
-    #: upload is completed (see :mod:`archiverd.tasks.fleet`).
-    token: str = ""
-    fence: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
-    #: Once finished: the status body last rendered, and the URLs in it
-    #: (kept here so it lives and dies with the task).
-    rendered: tuple[dict[str, str], bytes] | None = field(default=None, repr=False)
-
-    @property
-    def task_id(self) -> str:
-        return self.request.task_id
-
-    @property
-    def key(self) -> str:
-        return self.request.key
-
-    @property
-    def done(self) -> bool:
-        return self.state in FINISHED
-
-    @property
-    def status(self) -> str:
-        """A sentence for people."""
-        if self.state is State.PENDING:
-            return f"queued ({self.ahead} ahead)"
-        if self.state is State.STARTED:
-            return f"Downloading archive from {self.upstream_host}"
-        if self.state is State.PROGRESS:
-            return f"Uploading: {self.bytes_received / 2**20:.1f} MiB so far"
-        if self.state is State.SUCCESS:
-            return SUCCESS_STATUS
-        return self.error
-
-    def describe(self, now: float) -> dict[str, Any]:
-        """The task as the status endpoint shows it (without ``s3_urls``)."""
-        end = self.finished if self.finished is not None else now
-        result: dict[str, Any] = {
-            "state": self.state.value,
-            "status": self.status,
-            "src_url": self.src_url,
-            "bytes_received": self.bytes_received,
-            "elapsed_seconds": round(end - self.created, 3),
-            "regions": list(self.regions),
-        }
-        if self.state is State.SUCCESS:
-            result["size"] = self.size
-            result["sha256"] = self.sha256
-        return result
-
-
-@dataclass(frozen=True)
-class Outcome:
-    size: int
-    sha256: str
-
-
-Runner = Callable[[Task, Callable[[int], None]], Awaitable[Outcome]]
+from archiverd.tasks.coordinator import Coordinator, LocalCoordinator
+from archiverd.tasks.model import CANCELLED, Runner, State, Task
+from archiverd.util.deferreds import SingleFlight
 
 
 class TaskService(Service):
@@ -129,6 +45,7 @@ class TaskService(Service):
         runner: Runner,
         keep_finished: float = 3600.0,
         *,
+        coordinator: Coordinator | None = None,
         max_concurrent: int = 8,
         max_tasks: int = 10000,
         metrics: Metrics | None = None,
@@ -136,24 +53,34 @@ class TaskService(Service):
         self._metrics = metrics or Metrics()
         self._clock = clock
         self._runner = runner
+        self.coordinator: Coordinator = coordinator or LocalCoordinator()
         self.keep_finished = keep_finished
         self.max_concurrent = max_concurrent
         self.max_tasks = max_tasks
         self._tasks: dict[str, Task] = {}
         self._working = 0
         self._stopping = False
+        #: This daemon's tasks waiting for a slot, first come first; only
+        #: the first asks the coordinator for one.
         self._queue: deque[tuple[Task, Deferred[None]]] = deque()
+        #: Claims in progress, by task id.
+        self._claims: SingleFlight[str, str] = SingleFlight()
         self._expiry = LoopingCall(self._tick)
         self._expiry.clock = clock
 
     def __len__(self) -> int:
         return len(self._tasks)
 
+    # -- life cycle -------------------------------------------------------------
+
     def startService(self) -> None:
         super().startService()
         interval = max(1.0, min(self.keep_finished, 60.0))
         self._expiry.start(interval, now=False).addErrback(
             lambda f: self.log.failure("task expiry stopped", f)
+        )
+        Deferred.fromCoroutine(self.coordinator.start()).addErrback(
+            lambda f: self.log.failure("starting the coordinator", f)
         )
 
     def stopService(self) -> Deferred[Any]:
@@ -164,7 +91,14 @@ class TaskService(Service):
         running = [t.deferred for t in self._tasks.values() if t.deferred is not None]
         for d in running:
             d.cancel()
-        return DeferredList(running, consumeErrors=True)
+
+        async def then_coordinator() -> None:
+            await DeferredList(running, consumeErrors=True)
+            await self.coordinator.stop()
+
+        return DeferredList([Deferred.fromCoroutine(then_coordinator())])
+
+    # -- the table --------------------------------------------------------------
 
     def get(self, task_id: str) -> Task | None:
         """The task with this id, unless it finished too long ago."""
@@ -178,6 +112,22 @@ class TaskService(Service):
         """The task with this id if it is still working."""
         task = self._tasks.get(task_id)
         return task if task is not None and not task.done else None
+
+    def joinable(self, task_id: str, since: float) -> Task | None:
+        """This daemon's task for ``task_id`` if a request may join it: it is
+        still working, or it succeeded at or after ``since``."""
+        task = self.get(task_id)
+        if task is None:
+            return None
+        if not task.done:
+            return task
+        if (
+            task.state is State.SUCCESS
+            and task.finished is not None
+            and task.finished >= since
+        ):
+            return task
+        return None
 
     def _expired(self, task: Task) -> bool:
         return (
@@ -199,8 +149,25 @@ class TaskService(Service):
                 size=len(self._tasks),
                 max_tasks=self.max_tasks,
                 working=self._working,
-                queued=len(self._queue),
+                queued=self.queued,
             )
+
+    def _check_room(self, task_id: str) -> None:
+        """Drop finished tasks, oldest first, if a new one needs room; refuse
+        (:class:`Busy`) when all are unfinished."""
+        if self.get(task_id) is not None or len(self._tasks) < self.max_tasks:
+            return
+        self.expire()
+        finished = sorted(
+            (t for t in self._tasks.values() if t.finished is not None),
+            key=lambda t: t.finished or 0.0,
+        )
+        for task in finished[: len(self._tasks) - self.max_tasks + 1]:
+            del self._tasks[task.task_id]
+        if len(self._tasks) >= self.max_tasks:
+            raise Busy(f"{len(self._tasks)} archives are being fetched; try again soon")
+
+    # -- claiming work ----------------------------------------------------------
 
     async def claim(
         self,
@@ -211,36 +178,56 @@ class TaskService(Service):
         since: float,
         stored_in: Callable[[], Awaitable[Sequence[str]]],
     ) -> str:
-        """Make sure some task stores ``request`` in ``regions``; its id.
+        """Make sure some task (here or at another daemon) stores ``request``
+        in ``regions``; its id.
 
-        One daemon: :meth:`submit`. (A fleet's service also decides which
-        daemon does the work; ``stored_in`` asks storage again then.)
+        ``since`` is when the caller last looked in storage; ``stored_in``
+        looks again, which a shared coordinator needs once the claim is
+        granted (the last holder may have finished meanwhile). Concurrent
+        claims for one archive share one (one coordinator call, not 1,000).
         """
-        return self.submit(request, src_url, regions, upstream_host, since).task_id
+        task_id = request.task_id
+        if self.joinable(task_id, since) is not None:
+            return task_id
+        self._check_room(task_id)
+        return await self._claims.run(
+            task_id,
+            lambda: self._claim(
+                request, src_url, regions, upstream_host, since, stored_in
+            ),
+        )
 
-    def joinable(self, task_id: str, since: float) -> Task | None:
-        """This daemon's task for ``task_id`` if a request may join it: it is
-        still working, or it succeeded at or after ``since``."""
-        task = self.get(task_id)
-        if task is None:
-            return None
-        if not task.done:
-            return task
-        if (
-            task.state is State.SUCCESS
-            and task.finished is not None
-            and task.finished >= since
-        ):
-            return task
-        return None
-
-    async def lookup(self, task_id: str) -> dict[str, Any] | None:
-        """The status of a task another daemon runs (None: one daemon)."""
-        return None
-
-    def peek(self, task_id: str) -> dict[str, Any] | None:
-        """:meth:`lookup`'s answer if known without asking anyone (None)."""
-        return None
+    async def _claim(
+        self,
+        request: ArchiveRequest,
+        src_url: str,
+        regions: Sequence[str],
+        upstream_host: str,
+        since: float,
+        stored_in: Callable[[], Awaitable[Sequence[str]]],
+    ) -> str:
+        coordinator = self.coordinator
+        token = await coordinator.acquire(request)
+        if token is None:
+            return request.task_id  # another daemon (or request) has it
+        try:
+            missing = list(regions)
+            if coordinator.shared:
+                stored = await stored_in()
+                missing = [r for r in regions if r not in stored]
+            task = None
+            if missing:
+                task = self.submit(
+                    request, src_url, missing, upstream_host, since, token=token
+                )
+        except BaseException:
+            await coordinator.release(request.key, token)
+            raise
+        if task is None or task.token != token:
+            await coordinator.release(request.key, token)
+            return request.task_id
+        await coordinator.publish(task)  # the record, before anyone polls
+        return task.task_id
 
     def submit(
         self,
@@ -261,8 +248,7 @@ class TaskService(Service):
         task = self.joinable(request.task_id, since)
         if task is not None:
             return task
-        if self.get(request.task_id) is None and len(self._tasks) >= self.max_tasks:
-            self._make_room()
+        self._check_room(request.task_id)
         task = Task(
             request,
             src_url,
@@ -276,55 +262,57 @@ class TaskService(Service):
         task.deferred = None if task.done else d
         return task
 
-    def _make_room(self) -> None:
-        """Drop finished tasks, oldest first; refuse when all are unfinished."""
-        self.expire()
-        finished = sorted(
-            (t for t in self._tasks.values() if t.finished is not None),
-            key=lambda t: t.finished or 0.0,
-        )
-        for task in finished[: len(self._tasks) - self.max_tasks + 1]:
-            del self._tasks[task.task_id]
-        if len(self._tasks) >= self.max_tasks:
-            raise Busy(f"{len(self._tasks)} archives are being fetched; try again soon")
-
-    async def _wait_turn(self, task: Task) -> None:
-        """Wait while ``max_concurrent`` tasks are working."""
-        turn: Deferred[None] = Deferred()
-        task.ahead = len(self._queue)
-        self._queue.append((task, turn))
-        try:
-            await turn
-        finally:
-            if self._queue and any(t is task for t, _ in self._queue):
-                self._queue = deque(e for e in self._queue if e[0] is not task)
-                self._renumber()
-
-    def _renumber(self) -> None:
-        for ahead, (task, _) in enumerate(self._queue):
-            task.ahead = ahead
-
-    def _next_turn(self) -> None:
-        while (
-            not self._stopping and self._queue and self._working < self.max_concurrent
-        ):
-            _, turn = self._queue.popleft()
-            self._renumber()
-            turn.callback(None)
+    # -- running ----------------------------------------------------------------
 
     async def _run(self, task: Task) -> None:
+        coordinator = self.coordinator
+        task.fence = coordinator.fence(task)
+        unwatch = coordinator.watch(task)
         try:
-            if self._working >= self.max_concurrent or self._queue:
+            try:
                 await self._wait_turn(task)
-        except CancelledError:
-            self._finish(task, State.FAILURE, "cancelled: archiverd is stopping")
-            return
-        self._working += 1
-        try:
-            await self._work(task)
+            except CancelledError:
+                self._finish(task, State.FAILURE, CANCELLED)
+                return
+            except FleetUnavailable as e:
+                self._finish(task, State.FAILURE, f"cannot coordinate: {e}")
+                return
+            self._working += 1
+            try:
+                await self._work(task)
+            finally:
+                self._working -= 1
         finally:
-            self._working -= 1
-            self._next_turn()
+            unwatch()
+            await coordinator.settle(task)
+
+    async def _wait_turn(self, task: Task) -> None:
+        """Wait, first come first served, until ``task`` holds a slot.
+
+        Only the first task in the queue asks the coordinator; the others
+        wait here, behind it.
+        """
+        turn: Deferred[None] = Deferred()
+        self._queue.append((task, turn))
+        try:
+            if len(self._queue) > 1:
+                self._renumber(self._queue[0][0].ahead)
+                await turn  # the one ahead here took a slot, or gave up
+            await self.coordinator.take_slot(task, self.max_concurrent, self._renumber)
+            if self._stopping:
+                raise CancelledError()
+        finally:
+            first = self._queue[0][0] is task
+            self._queue = deque(q for q in self._queue if q[0] is not task)
+            if self._queue:
+                # A new first task stands where this one stood.
+                self._renumber(task.ahead if first else self._queue[0][0].ahead)
+                if first and not self._stopping:
+                    self._queue[0][1].callback(None)
+
+    def _renumber(self, first_ahead: int) -> None:
+        for i, (waiting, _) in enumerate(self._queue):
+            waiting.ahead = first_ahead + i
 
     async def _work(self, task: Task) -> None:
         task.state = State.STARTED
@@ -341,9 +329,10 @@ class TaskService(Service):
             task.state = State.PROGRESS
 
         try:
+            await self.coordinator.begin(task)
             outcome = await self._runner(task, progress)
         except CancelledError:
-            self._finish(task, State.FAILURE, "cancelled: archiverd is stopping")
+            self._finish(task, State.FAILURE, CANCELLED)
             self.log.warn("{key}: cancelled", key=task.key)
         except (UpstreamError, StorageError) as e:
             self._finish(task, State.FAILURE, str(e))
@@ -372,6 +361,8 @@ class TaskService(Service):
         task.deferred = None
         began = task.started if task.started is not None else task.created
         self._metrics.task_duration.labels(state.value).observe(task.finished - began)
+
+    # -- status -----------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
         """How many tasks the table holds in each state."""

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 
+from archiverd import wire
 from archiverd.config import SourceConfig
 from archiverd.errors import (
     BadRequest,
@@ -28,11 +29,12 @@ from archiverd.errors import (
     UpstreamUnavailable,
 )
 from archiverd.keys import FULL_REV_LENGTH, ArchiveRequest, is_changeset_id
-from archiverd.util.deferreds import Shared
+from archiverd.util.backoff import Backoff
+from archiverd.util.deferreds import SingleFlight
 
 #: Upstream answers that mean "this archive does not exist": never retried.
 REFUSALS = (403, 404, 410)
-REDIRECTS = (301, 302, 303, 307, 308)
+REDIRECTS = wire.REDIRECTS
 MAX_REDIRECTS = 5
 ERROR_BODY_LIMIT = 64 * 1024
 JSON_LIMIT = 1024 * 1024
@@ -115,7 +117,7 @@ class Source:
         self.name = config.name
         self.host = config.host
         self._client = client
-        self._resolving: dict[tuple[str, str], Shared[str]] = {}
+        self._resolving: SingleFlight[tuple[str, str], str] = SingleFlight()
         self._archive_urls: dict[ArchiveRequest, str] = {}
         self._template_kind = config.kind == "template"
         self._serves_subdirs = "{subdir}" in config.url_template
@@ -186,6 +188,7 @@ class Source:
         archiverd can never be steered to fetch from elsewhere. A response
         that does not come within ``headers_timeout`` is not retried.
         """
+        backoff = Backoff(self.config.retry_backoff, jitter=self._jitter)
         attempt = 0
         while True:
             try:
@@ -194,7 +197,7 @@ class Source:
                 if attempt >= self.config.retries:
                     tries = f" (after {attempt + 1} attempts)" if attempt else ""
                     raise UpstreamUnavailable(f"{e}{tries}") from None
-                delay = self.config.retry_backoff * 2**attempt * (0.5 + self._jitter())
+                delay = backoff.next()
                 self.log.info(
                     "{error}; retrying in {delay:.2f}s", error=str(e), delay=delay
                 )
@@ -275,13 +278,8 @@ class Source:
         if not request.is_symbolic or self._template_kind:
             return request  # (a template source's names are taken as they are)
         name = (request.repo, request.rev)
-        lookup = self._resolving.get(name)
-        if lookup is None:
-            lookup = Shared(Deferred.fromCoroutine(self._lookup(request)))
-            if not lookup.done:
-                self._resolving[name] = lookup
-                lookup.wait().addBoth(lambda _: self._resolving.pop(name, None))
-        return request.with_rev(await lookup.wait())
+        node = await self._resolving.run(name, lambda: self._lookup(request))
+        return request.with_rev(node)
 
     async def _lookup(self, request: ArchiveRequest) -> str:
         url = self.rev_url(request)

@@ -3,6 +3,9 @@ upstream that breaks mid-transfer. See ``fixtures.py`` for the APIs.
 
 None of these fixtures touch the Twisted reactor (pytest-twisted runs one in
 this process): servers live in subprocesses or plain threads.
+
+Tests wait for events with ``polling.eventually`` (on the reactor) or
+``polling.eventually_blocking`` (elsewhere), never with fixed sleeps.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ import os
 
 import pytest
 import pytest_twisted
-from daemon import InProcess
 from fixtures import (
     MOTO_ENV,
     MOTO_ENV_REMOVED,
@@ -74,6 +76,9 @@ def breaking_upstream():
 @pytest_twisted.async_yield_fixture
 async def start_archiverd():
     """Start archiverd in this process with a raw config; stopped afterwards."""
+    # Imported here: only the tests that run the daemon need archiverd.tap.
+    from daemon import InProcess
+
     started: list[InProcess] = []
 
     async def start(raw_config: dict, backend=None) -> InProcess:

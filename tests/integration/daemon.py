@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import treq
+from polling import eventually
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
 
-from archiverd.api.web import ArchiverSite
+from archiverd.api.site import ArchiverSite
 from archiverd.config import parse
 from archiverd.tap import Daemon
 
@@ -56,7 +55,7 @@ class InProcess:
         self.daemon.open_files()
         self.daemon.startService()
         self.port = reactor.listenTCP(
-            0, ArchiverSite(self.daemon.api), interface="127.0.0.1"
+            0, ArchiverSite(self.daemon.api, reactor=reactor), interface="127.0.0.1"
         )
         self.base_url = f"http://127.0.0.1:{self.port.getHost().port}"
 
@@ -75,27 +74,16 @@ class InProcess:
         return response.code, json.loads(body)
 
     async def wait(self, location: str, timeout: float = 60.0) -> dict[str, Any]:
-        """Poll a status URL until the task finishes."""
-        waited = 0.0
-        while True:
+        """Poll a status URL until the task finishes; its last ``result``."""
+
+        async def result() -> dict[str, Any]:
             code, body = await self.get_json(location)
-            assert code == 200
-            result: dict[str, Any] = body["result"]
-            if result["state"] in ("SUCCESS", "FAILURE"):
-                return result
-            assert waited < timeout, f"task still {result} after {timeout}s"
-            await deferLater(reactor, 0.05, lambda: None)
-            waited += 0.05
+            assert code == 200, (code, body)
+            return dict(body["result"])
 
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait, polling every 20 ms, until ``predicate()`` holds; fail after ``timeout``.
-
-    For facts that other threads make true (a fixture server counting a
-    request), which the reactor cannot be told about.
-    """
-    waited = 0.0
-    while not predicate():
-        assert waited < timeout, f"still false after {timeout}s: {predicate}"
-        await deferLater(reactor, 0.02, lambda: None)
-        waited += 0.02
+        return await eventually(
+            result,
+            until=lambda r: r["state"] in ("SUCCESS", "FAILURE"),
+            what=f"the task at {location} to finish",
+            timeout=timeout,
+        )

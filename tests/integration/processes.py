@@ -9,13 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from fixtures import free_port
+from polling import TIMEOUT, eventually_blocking
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TWISTD = Path(sys.executable).parent / "twistd"
@@ -44,18 +44,20 @@ def output(proc: subprocess.Popen[bytes], cwd: Path) -> str:
 
 
 def wait_for_port(
-    port: int, proc: subprocess.Popen[bytes], timeout: float = 20
+    port: int, proc: subprocess.Popen[bytes], timeout: float = TIMEOUT
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if proc.poll() is not None:
-            raise AssertionError("archiverd exited early")
+            raise AssertionError(f"archiverd exited early ({proc.returncode})")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
         except OSError:
-            time.sleep(0.05)
-    raise AssertionError("archiverd did not start listening")
+            return False
+        return True
+
+    eventually_blocking(
+        listening, what=f"archiverd to listen on port {port}", timeout=timeout
+    )
 
 
 def serve(
@@ -98,15 +100,14 @@ def task_status(url: str) -> dict[str, Any]:
     return dict(json.loads(body)["result"])
 
 
-def wait_for_task(url: str, timeout: float = 60) -> dict[str, Any]:
+def wait_for_task(url: str, timeout: float = TIMEOUT) -> dict[str, Any]:
     """Poll a status URL until the task finishes; its last ``result``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = task_status(url)
-        if result["state"] in ("SUCCESS", "FAILURE"):
-            return result
-        assert time.monotonic() < deadline, result
-        time.sleep(0.1)
+    return eventually_blocking(
+        lambda: task_status(url),
+        until=lambda result: result["state"] in ("SUCCESS", "FAILURE"),
+        what=f"the task at {url} to finish",
+        timeout=timeout,
+    )
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -19,12 +19,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from polling import eventually_blocking
 
 LOOPBACK = "127.0.0.1"
 SKIP_REASON = "redis-server: not installed (scripts/redis.sh install)"
@@ -93,7 +93,7 @@ class RedisServer:
         directory: Path,
         port: int | None = None,
         executable: str = "redis-server",
-        start_timeout: float = 10.0,
+        start_timeout: float = 30.0,
     ) -> None:
         self.directory = Path(directory)
         self.port = port or _free_port()
@@ -136,26 +136,30 @@ class RedisServer:
         self._process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=None
         )
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if self._process.poll() is not None:
-                code = self._process.returncode
+        process = self._process
+
+        def answers() -> bool:
+            if process.poll() is not None:
                 self._process = None
                 raise RuntimeError(
-                    f"redis-server exited ({code}) on start:\n{self._log_tail()}"
+                    f"redis-server exited ({process.returncode}) on start:\n"
+                    f"{self._log_tail()}"
                 )
             try:
-                if self.command("PING", timeout=1.0) == "PONG":
-                    return
+                return bool(self.command("PING", timeout=1.0) == "PONG")
             except (OSError, RedisReplyError):
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(
-                    f"redis-server did not answer PING on port {self.port} "
-                    f"within {self.start_timeout} s:\n{self._log_tail()}"
-                )
-            time.sleep(0.02)
+                return False
+
+        try:
+            eventually_blocking(
+                answers,
+                what=f"redis-server to answer PING on port {self.port}",
+                timeout=self.start_timeout,
+                interval=0.02,
+            )
+        except AssertionError as e:
+            self.stop()
+            raise RuntimeError(f"{e}:\n{self._log_tail()}") from e
 
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): connections open, nothing answers."""

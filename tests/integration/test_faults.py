@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from daemon import MIB, eventually, s3_config
+from daemon import MIB, s3_config
 from faults import FaultyS3, FaultyUpstream, S3Fault, body_bytes
 from fixtures import free_port
+from polling import eventually
 from twisted.internet import reactor, task, threads
 
 from archiverd.storage.files import FileStorage

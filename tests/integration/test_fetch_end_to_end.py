@@ -31,7 +31,7 @@ async def fetch(*args: str) -> tuple[int, str]:
     """Run ``archiverd-fetch ARGS`` in a subprocess; (exit code, stderr)."""
     out, err, code = await getProcessOutputAndValue(
         sys.executable,
-        ["-m", "archiverd.client.fetch", *args],
+        ["-m", "archiverd.client.cli", *args],
         env=_env(),
         path=REPO_ROOT,
     )
@@ -67,7 +67,7 @@ async def test_cold_archive_is_polled_for_and_saved_to_a_file(
     expected = hgweb.archive("projects/ash", node)
     assert target.read_bytes() == expected
     assert os.listdir(out_dir) == ["ash.tar.gz"]
-    task = d.daemon.api.tasks.get(f"projects_ash-{node}.tar.gz")
+    task = d.daemon.tasks.get(f"projects_ash-{node}.tar.gz")
     assert task is not None  # it was a cold request: a task ran
     assert "no sha256" not in err
     assert f"saved {target}" in err

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 import pytest_twisted
 import redis as redis_py
-from daemon import MIB, eventually, s3_config
+from daemon import MIB, s3_config
 from faults import FaultyUpstream, body_bytes
+from polling import eventually
 from twisted.internet import defer, threads
 
 pytestmark = pytest.mark.integration
@@ -105,8 +106,8 @@ async def test_max_concurrent_tasks_holds_across_the_fleet(
         states = [(await d.get_json(location))[1]["result"] for d in (a, b)]
         return all((s["state"], s["status"]) == ("PENDING", status) for s in states)
 
-    await eventually_async(lambda: seen_queued(queued, "queued (0 ahead)"))
-    await eventually_async(lambda: seen_queued(third, "queued (1 ahead)"))
+    await eventually(lambda: seen_queued(queued, "queued (0 ahead)"))
+    await eventually(lambda: seen_queued(third, "queued (1 ahead)"))
     assert upstream.requests == 1  # the others wait for the fleet's one slot
 
     upstream.release.set()  # the first fails (cut off); the others may go
@@ -161,7 +162,7 @@ async def test_a_holder_that_loses_its_lock_stops_and_cannot_publish(
     (a,) = [await start_archiverd(fleet_config(upstream, s3_buckets, redis))]
     await eventually(lambda: a.daemon.fleet.up)
     location = loc(await a.get(f"/archiver/hgmo/r/{REV}"))
-    await eventually_async(lambda: pending_everywhere(s3_buckets))
+    await eventually(lambda: pending_everywhere(s3_buckets))
 
     # Another daemon took the work over (as if this one had stalled past
     # lock_ttl): the lock now holds its token, and the record is its own.
@@ -227,17 +228,6 @@ def loc(response: Any) -> str:
 
 def urlpath(url: str) -> str:
     return "/" + url.split("/", 3)[3]
-
-
-async def eventually_async(predicate: Any, timeout: float = 15.0) -> None:
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    waited = 0.0
-    while not await predicate():
-        assert waited < timeout, f"still false after {timeout}s"
-        await deferLater(reactor, 0.05, lambda: None)
-        waited += 0.05
 
 
 async def pending_everywhere(buckets: Any) -> bool:

@@ -7,6 +7,7 @@ they hold between real processes, one of which is killed with SIGKILL.
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 from faults import MIB, FaultyUpstream, body_bytes
+from polling import TIMEOUT, eventually_blocking
 from processes import open_url, serve, task_status, wait_for_task, write_config
 
 pytestmark = pytest.mark.integration
@@ -24,6 +26,8 @@ pytestmark = pytest.mark.integration
 REV = "0123456789ab"
 KEY = f"r-{REV}.tar.gz"
 STATUS = f"/archiver/status/{KEY}"
+#: A lock's holder and remaining milliseconds, read in one step.
+HOLDER_AND_PTTL = "return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}"
 
 
 @contextmanager
@@ -112,32 +116,42 @@ def test_kill_9_mid_transfer_and_another_daemon_takes_over(tmp_path, s3_buckets,
             (first, first_base), (_, second), (_, third) = daemons
             code, _, _ = open_url(f"{first_base}/archiver/hgmo/r/{REV}", follow=False)
             assert code == 202
-            deadline = time.monotonic() + 30
-            while not all(s3_buckets.pending_uploads(r) for r in s3_buckets.buckets):
-                assert time.monotonic() < deadline, "no multipart upload started"
-                time.sleep(0.05)
+            eventually_blocking(
+                lambda: all(s3_buckets.pending_uploads(r) for r in s3_buckets.buckets),
+                what="a multipart upload in every region",
+            )
             assert task_status(second + STATUS)["state"] in ("STARTED", "PROGRESS")
+            [lock] = redis.command("KEYS", "archiverd:lock:*")
+            dead = f"{socket.gethostname()}:{first.pid}:"
+            holder, left_ms = redis.command("EVAL", HOLDER_AND_PTTL, 1, lock)
+            assert holder.startswith(dead) and 0 < left_ms <= 2000, (holder, left_ms)
 
             first.send_signal(signal.SIGKILL)
-            first.wait(timeout=10)
+            first.wait(timeout=TIMEOUT)
             killed = time.monotonic()
+            # How long the dead daemon's lock outlives it (0 if already gone),
+            # read after the kill: nothing renews it any more.
+            holder, left_ms = redis.command("EVAL", HOLDER_AND_PTTL, 1, lock)
+            left = left_ms / 1000 if holder and holder.startswith(dead) else 0.0
 
-            # Clients keep asking; once the dead daemon's lock has expired
-            # (lock_ttl = 2 s), one of these requests takes the work over.
-            deadline = killed + 60
-            while True:
+            def ask_both() -> dict[str, Any]:
                 for base in (second, third):
                     code, _, _ = open_url(f"{base}/archiver/hgmo/r/{REV}", follow=False)
                     assert code in (202, 302), code
                 result = task_status(third + STATUS)
-                if result["state"] == "SUCCESS":
-                    break
                 assert result["state"] != "FAILURE", result
-                assert time.monotonic() < deadline, result
-                time.sleep(0.25)
-            # Not before the lock expired: lock_ttl (2 s) after its last renewal,
-            # which was at most lock_ttl / 3 before the kill.
-            assert time.monotonic() - killed >= 2 - 2 / 3
+                return result
+
+            # Clients keep asking; once the dead daemon's lock has expired
+            # (lock_ttl = 2 s), one of these requests takes the work over.
+            eventually_blocking(
+                ask_both,
+                until=lambda result: result["state"] == "SUCCESS",
+                what="another daemon to take the archive over and store it",
+                interval=0.25,
+            )
+            # Not before the dead daemon's lock expired.
+            assert time.monotonic() - killed >= left, left
             assert wait_for_task(second + STATUS)["state"] == "SUCCESS"
         upstream.release.set()
         assert len(archive_gets(upstream)) == 2

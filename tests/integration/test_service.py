@@ -15,7 +15,8 @@ import pytest
 import pytest_twisted
 import treq
 from daemon import MIB, file_config, s3_config
-from twisted.internet import defer, reactor, task, threads
+from polling import eventually
+from twisted.internet import defer, threads
 
 pytestmark = pytest.mark.integration
 
@@ -303,12 +304,7 @@ async def test_stopping_mid_transfer_aborts_every_multipart_upload(
         )
         return all(pending)
 
-    for _ in range(400):
-        if await uploads_pending():
-            break
-        await task.deferLater(reactor, 0.05, lambda: None)
-    else:
-        pytest.fail("no multipart upload started")
+    await eventually(uploads_pending, what="a multipart upload in every region")
     code, body = await d.get_json(location)
     assert body["result"]["state"] == "PROGRESS"
 

@@ -28,7 +28,7 @@ from archiverd.errors import UpstreamRefused
 from archiverd.keys import ArchiveRequest
 from archiverd.storage.base import ObjectInfo
 from archiverd.storage.service import StorageService
-from archiverd.tasks.service import Task
+from archiverd.tasks.model import Task
 
 # -- Deferred helpers (the pytest spelling of SynchronousTestCase's) ---------
 

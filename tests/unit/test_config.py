@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import pytest
 
@@ -17,6 +19,7 @@ from archiverd.config import (
     apply_environment,
     load,
     parse,
+    setting,
 )
 
 #: The README's sample, every key spelled out.
@@ -440,3 +443,155 @@ def test_invalid_toml_is_a_one_line_config_error(tmp_path: Path, text: str) -> N
         load(str(path), {})
     assert str(e.value).startswith(f"{path}: not valid TOML: ")
     assert "\n" not in str(e.value)
+
+
+# -- the schema: every setting's default, type and range, from the dataclasses --
+
+
+def config_tables(
+    cls: Any = Config, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """(path, dataclass) of every table; a table of named tables as NAME "x"."""
+    yield path, cls
+    hints = get_type_hints(cls)
+    for spec in dataclasses.fields(cls):
+        hint, args = hints[spec.name], get_args(hints[spec.name])
+        if dataclasses.is_dataclass(hint):
+            yield from config_tables(hint, (*path, spec.name))
+        elif args and dataclasses.is_dataclass(args[-1]):
+            yield from config_tables(args[-1], (*path, spec.name, "x"))
+
+
+def config_settings() -> Iterator[tuple[tuple[str, ...], dataclasses.Field[Any], Any]]:
+    """(table path, field, type) of every plain setting (no table, no source name)."""
+    for path, cls in config_tables():
+        hints = get_type_hints(cls)
+        for spec in dataclasses.fields(cls):
+            hint = hints[spec.name]
+            tables = [hint, *get_args(hint)]
+            if spec.name != "name" and not any(map(dataclasses.is_dataclass, tables)):
+                yield path, spec, hint
+
+
+SETTINGS = list(config_settings())
+
+
+def setting_id(setting: tuple[tuple[str, ...], dataclasses.Field[Any], Any]) -> str:
+    return ".".join((*setting[0], setting[1].name))
+
+
+def nest(path: tuple[str, ...], key: str, value: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {key: value}
+    for part in reversed(path):
+        raw = {part: raw}
+    return raw
+
+
+def setting_of(config: Config, path: tuple[str, ...], key: str) -> Any:
+    found: Any = config
+    for part in path:
+        found = found[part] if isinstance(found, Mapping) else getattr(found, part)
+    return getattr(found, key)
+
+
+def default_of(spec: dataclasses.Field[Any]) -> Any:
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    return spec.default
+
+
+def test_the_schema_covers_every_table_and_setting() -> None:
+    assert [".".join(path) for path, _ in config_tables()] == [
+        "",
+        "sources.x",
+        "storage",
+        "storage.s3",
+        "storage.file",
+        "pipeline",
+        "tasks",
+        "coordination",
+    ]
+    assert len(SETTINGS) == 39
+    assert all(spec.name != "name" for _, spec, _ in SETTINGS)
+
+
+def test_a_file_spelling_out_every_default_gives_the_defaults() -> None:
+    raw: dict[str, Any] = {}
+    for path, spec, _ in SETTINGS:
+        value = default_of(spec)
+        if value is None:  # unset; TOML has no null
+            continue
+        table = raw
+        for part in path:
+            table = table.setdefault("hgmo" if part == "x" else part, {})
+        table[spec.name] = list(value) if isinstance(value, tuple) else value
+    assert parse(raw) == Config()
+    assert raw["sources"]["hgmo"]["retries"] == 3
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [s for s in SETTINGS if s[1].metadata.get("low") is not None],
+    ids=setting_id,
+)
+def test_a_number_is_kept_within_its_declared_range(
+    setting: tuple[tuple[str, ...], dataclasses.Field[Any], Any],
+) -> None:
+    path, spec, hint = setting
+    low, high = spec.metadata["low"], spec.metadata["high"]
+    assert low <= default_of(spec) <= high
+    for value in (low, high):
+        kept = setting_of(parse(nest(path, spec.name, value)), path, spec.name)
+        assert kept == value and type(kept) is hint
+    dotted = setting_id(setting)
+    for value in (low - (1 if hint is int else 0.5), high + 1):
+        assert config_error(nest(path, spec.name, value)) == (
+            f"{dotted}: must be between {low} and {high}"
+        )
+
+
+@pytest.mark.parametrize(
+    "setting", [s for s in SETTINGS if s[1].metadata.get("choices")], ids=setting_id
+)
+def test_a_choice_outside_its_declared_choices_is_refused(
+    setting: tuple[tuple[str, ...], dataclasses.Field[Any], Any],
+) -> None:
+    path, spec, _ = setting
+    dotted = setting_id(setting)
+    assert default_of(spec) in (None, *spec.metadata["choices"])
+    assert config_error(nest(path, spec.name, "nonesuch")).startswith(
+        f"{dotted}: expected "
+    )
+    for choice in spec.metadata["choices"]:
+        # Some choices need other keys too (kind "template" a url_template).
+        try:
+            parse(nest(path, spec.name, choice))
+        except ConfigError as e:
+            assert not str(e).startswith(f"{dotted}: expected ")
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=setting_id)
+def test_a_value_of_the_wrong_type_is_refused_naming_its_key(
+    setting: tuple[tuple[str, ...], dataclasses.Field[Any], Any],
+) -> None:
+    path, spec, hint = setting
+    wrong = 1 if hint in (str, str | None) else "1"
+    assert config_error(nest(path, spec.name, wrong)).startswith(
+        f"{setting_id(setting)}: expected "
+    )
+    if hint in (int, float):
+        assert config_error(nest(path, spec.name, True)) == (
+            f"{setting_id(setting)}: expected a number, got True"
+        )
+
+
+def test_enabled_must_be_a_bool() -> None:
+    assert (
+        config_error({"sources": {"x": {"enabled": "yes"}}})
+        == "sources.x.enabled: expected bool, got 'yes'"
+    )
+
+
+def test_a_setting_with_an_unknown_rule_is_a_programming_error() -> None:
+    with pytest.raises(TypeError, match="lowest"):
+        setting(1, lowest=0)

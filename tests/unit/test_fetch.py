@@ -1,6 +1,5 @@
-"""archiverd.client.fetch: the archiverd-fetch client, against a fake opener and a
-fake clock (no network, no real sleeps), and its extraction against crafted
-archives, malicious ones included."""
+"""archiverd.client (fetch, http, cli): the archiverd-fetch client, against a
+fake opener and a fake clock (no network, no real sleeps)."""
 
 from __future__ import annotations
 
@@ -8,260 +7,24 @@ import email.message
 import hashlib
 import io
 import json
-import os
-import stat
-import tarfile
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from archives import HG_LIKE, TOP, make_tar
 
-from archiverd.client.extract import UnsafeArchive, extract
-from archiverd.client.fetch import (
-    EXIT_INFRA,
-    EXIT_OK,
-    EXIT_USAGE,
-    UNKNOWN_STATUS,
-    Answer,
-    Backoff,
-    Env,
-    main,
-    retry_after,
-)
+from archiverd.client.cli import EXIT_INFRA, EXIT_OK, EXIT_USAGE, main
+from archiverd.client.fetch import Env
+from archiverd.client.http import Answer, retry_after
+from archiverd.wire import UNKNOWN_STATUS
 
 SERVER = "http://archiverd.test"
 ARCHIVE_PATH = "/archiver/hgmo/projects/ash/42bf8560b395"
 STATUS_URL = SERVER + "/archiver/status/projects_ash-42bf8560b395.tar.gz"
 SIGNED = "http://storage.test/archive.tar.gz?sig=1"
-TOP = "ash-42bf8560b395"
 
-# -- crafted archives ---------------------------------------------------------
-
-
-def make_tar(entries: list[tuple[str, Any]], mode: str = "w:gz") -> bytes:
-    """entries: (name, bytes) files, (name, None) dirs, (name, ("sym"|"lnk"|
-    "dev", target)) links and devices."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode=mode) as tar:
-        for name, value in entries:
-            info = tarfile.TarInfo(name)
-            if value is None:
-                info.type = tarfile.DIRTYPE
-                info.mode = 0o755
-                tar.addfile(info)
-            elif isinstance(value, tuple):
-                kind, target = value
-                info.type = {
-                    "sym": tarfile.SYMTYPE,
-                    "lnk": tarfile.LNKTYPE,
-                    "dev": tarfile.CHRTYPE,
-                }[kind]
-                info.linkname = target
-                tar.addfile(info)
-            else:
-                info.size = len(value)
-                info.mode = 0o755 if name.endswith(".py") else 0o644
-                tar.addfile(info, io.BytesIO(value))
-    return buf.getvalue()
-
-
-def make_zip(entries: list[tuple[str, Any]]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, value in entries:
-            if value is None:
-                zf.writestr(zipfile.ZipInfo(name.rstrip("/") + "/"), b"")
-            elif isinstance(value, tuple):
-                info = zipfile.ZipInfo(name)
-                info.external_attr = (stat.S_IFLNK | 0o777) << 16
-                zf.writestr(info, value[1].encode())
-            else:
-                info = zipfile.ZipInfo(name)
-                mode = 0o755 if name.endswith(".py") else 0o644
-                info.external_attr = (stat.S_IFREG | mode) << 16
-                zf.writestr(info, value)
-    return buf.getvalue()
-
-
-HG_LIKE = [
-    (f"{TOP}/.hg_archival.txt", b"repo: x\n"),
-    (f"{TOP}/README", b"readme\n"),
-    (f"{TOP}/testing/mozharness/mozharness/__init__.py", b"version = 1\n"),
-    (f"{TOP}/testing/mozharness/scripts/run.py", b"print('run')\n"),
-    (f"{TOP}/testing/mozharness/link", ("sym", "scripts/run.py")),
-    (f"{TOP}/testing/other/x.txt", b"x\n"),
-]
-
-
-def tree(root: Path) -> dict[str, Any]:
-    """Every path under root: file bytes, 'dir', or '-> target'."""
-    out: dict[str, Any] = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if path.is_symlink():
-            out[rel] = "-> " + os.readlink(path)
-        elif path.is_dir():
-            out[rel] = "dir"
-        else:
-            out[rel] = path.read_bytes()
-    return out
-
-
-def write(tmp_path: Path, name: str, data: bytes) -> Path:
-    path = tmp_path / name
-    path.write_bytes(data)
-    return path
-
-
-@pytest.fixture
-def dest(tmp_path: Path) -> Path:
-    path = tmp_path / "out" / "dest"
-    path.mkdir(parents=True)
-    return path
-
-
-# -- extraction: what lands where ------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("suffix", "maker"),
-    [
-        ("tar.gz", lambda e: make_tar(e, "w:gz")),
-        ("tar.bz2", lambda e: make_tar(e, "w:bz2")),
-        ("zip", make_zip),
-    ],
-)
-def test_extract_keeps_the_subdir_with_top_folder_and_subdir_stripped(
-    tmp_path: Path, dest: Path, suffix: str, maker: Callable[[Any], bytes]
-) -> None:
-    """As the old client did: members under <top>/<subdir>/, prefix gone."""
-    archive = write(tmp_path, f"a.{suffix}", maker(HG_LIKE))
-    assert extract(archive, dest, suffix, "testing/mozharness") == 3
-    assert tree(dest) == {
-        "link": "-> scripts/run.py",
-        "mozharness": "dir",
-        "mozharness/__init__.py": b"version = 1\n",
-        "scripts": "dir",
-        "scripts/run.py": b"print('run')\n",
-    }
-    assert os.stat(dest / "scripts/run.py").st_mode & 0o100
-
-
-def test_extract_without_subdir_strips_only_the_top_folder(
-    tmp_path: Path, dest: Path
-) -> None:
-    archive = write(tmp_path, "a.tar.gz", make_tar(HG_LIKE))
-    extract(archive, dest, "tar.gz")
-    assert (dest / "README").read_bytes() == b"readme\n"
-    assert (dest / "testing/other/x.txt").read_bytes() == b"x\n"
-    assert not (dest / TOP).exists()
-
-
-def test_extract_an_inside_hard_link(tmp_path: Path, dest: Path) -> None:
-    entries = [
-        (f"{TOP}/sub/a.txt", b"a\n"),
-        (f"{TOP}/sub/b.txt", ("lnk", f"{TOP}/sub/a.txt")),
-    ]
-    extract(write(tmp_path, "a.tar", make_tar(entries)), dest, "tar.gz", "sub")
-    assert (dest / "b.txt").read_bytes() == b"a\n"
-
-
-# -- extraction: what is refused -------------------------------------------
-
-MALICIOUS_TARS = {
-    "absolute path": [(f"{TOP}/ok", b"ok"), ("/tmp/evil", b"x")],
-    "dot-dot path": [(f"{TOP}/ok", b"ok"), (f"{TOP}/../../evil", b"x")],
-    "absolute symlink": [(f"{TOP}/ok", b"ok"), (f"{TOP}/l", ("sym", "/etc"))],
-    "symlink leaving DIR": [(f"{TOP}/ok", b"ok"), (f"{TOP}/l", ("sym", "../x"))],
-    "deep symlink leaving DIR": [
-        (f"{TOP}/ok", b"ok"),
-        (f"{TOP}/a/b/l", ("sym", "../../../../outside")),
-    ],
-    "file written through a symlink": [
-        (f"{TOP}/ok", b"ok"),
-        (f"{TOP}/l", ("sym", "a")),
-        (f"{TOP}/l/evil", b"x"),
-    ],
-    "symlink chained through a symlink": [
-        # d1/d2/s -> .. is d1 (inside); lexically a's target is inside,
-        # really it is DIR/.. once s exists.
-        (f"{TOP}/ok", b"ok"),
-        (f"{TOP}/a", ("sym", "d1/d2/s/../../outside")),
-        (f"{TOP}/d1/d2/s", ("sym", "..")),
-    ],
-    "symlink replaced by a file": [
-        (f"{TOP}/ok", b"ok"),
-        (f"{TOP}/l", ("sym", "ok")),
-        (f"{TOP}/l", b"x"),
-    ],
-    "hard link to outside": [
-        (f"{TOP}/ok", b"ok"),
-        (f"{TOP}/h", ("lnk", "/etc/passwd")),
-    ],
-    "hard link to another top folder": [
-        (f"{TOP}/ok", b"ok"),
-        (f"{TOP}/h", ("lnk", "other/file")),
-    ],
-    "hard link to a later member": [
-        (f"{TOP}/h", ("lnk", f"{TOP}/ok")),
-        (f"{TOP}/ok", b"ok"),
-    ],
-    "device": [(f"{TOP}/ok", b"ok"), (f"{TOP}/dev", ("dev", ""))],
-}
-
-
-@pytest.mark.parametrize("case", sorted(MALICIOUS_TARS))
-def test_a_malicious_tar_is_refused_before_anything_is_written(
-    tmp_path: Path, dest: Path, case: str
-) -> None:
-    archive = write(tmp_path, "evil.tar.gz", make_tar(MALICIOUS_TARS[case]))
-    with pytest.raises(UnsafeArchive):
-        extract(archive, dest, "tar.gz")
-    assert tree(dest) == {}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.tar.gz", "out"]
-    assert tree(tmp_path / "out") == {"dest": "dir"}
-
-
-MALICIOUS_ZIPS = {
-    "absolute path": [(f"{TOP}/ok", b"ok"), ("/tmp/evil", b"x")],
-    "dot-dot path": [(f"{TOP}/ok", b"ok"), (f"{TOP}/../../evil", b"x")],
-    "symlink leaving DIR": [(f"{TOP}/ok", b"ok"), (f"{TOP}/l", ("sym", "../x"))],
-    "absolute symlink": [(f"{TOP}/ok", b"ok"), (f"{TOP}/l", ("sym", "/etc"))],
-    "file written through a symlink": [
-        (f"{TOP}/l", ("sym", ".")),
-        (f"{TOP}/l/evil", b"x"),
-    ],
-}
-
-
-@pytest.mark.parametrize("case", sorted(MALICIOUS_ZIPS))
-def test_a_malicious_zip_is_refused_before_anything_is_written(
-    tmp_path: Path, dest: Path, case: str
-) -> None:
-    archive = write(tmp_path, "evil.zip", make_zip(MALICIOUS_ZIPS[case]))
-    with pytest.raises(UnsafeArchive):
-        extract(archive, dest, "zip")
-    assert tree(dest) == {}
-    assert tree(tmp_path / "out") == {"dest": "dir"}
-
-
-@pytest.mark.parametrize("suffix", ["tar.gz", "zip"])
-def test_a_symlink_already_in_dest_cannot_redirect_a_member(
-    tmp_path: Path, dest: Path, suffix: str
-) -> None:
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (dest / "sub").symlink_to(outside)
-    entries = [(f"{TOP}/sub/evil", b"x")]
-    data = make_zip(entries) if suffix == "zip" else make_tar(entries)
-    with pytest.raises(UnsafeArchive):
-        extract(write(tmp_path, f"a.{suffix}", data), dest, suffix)
-    assert list(outside.iterdir()) == []
-
-
-# -- Retry-After and backoff -------------------------------------------------
+# -- Retry-After -----------------------------------------------------------
 
 
 def test_retry_after_reads_seconds_and_dates() -> None:
@@ -271,14 +34,6 @@ def test_retry_after_reads_seconds_and_dates() -> None:
     assert retry_after("Thu, 01 Jan 1970 00:01:40 GMT", now=90.0) == 10.0
     assert retry_after("Thu, 01 Jan 1970 00:01:40 GMT", now=200.0) == 0.0
     assert retry_after("99999") == 300.0  # capped
-
-
-def test_backoff_doubles_to_its_cap_and_retry_after_wins() -> None:
-    backoff = Backoff(0.5, 10.0)
-    assert [backoff.next() for _ in range(7)] == [0.5, 1, 2, 4, 8, 10, 10]
-    assert backoff.next(3.0) == 3.0
-    backoff.reset()
-    assert backoff.next() == 0.5
 
 
 # -- the client against a fake server ---------------------------------------
@@ -383,6 +138,20 @@ def test_cold_polls_with_backoff_then_saves_the_checked_archive(
     assert h.server.requests[0] == ARCHIVE + "?suffix=tar.gz"
     assert "Uploading: 1 MiB so far" in h.err
     assert list(tmp_path.iterdir()) == [out]  # no temporary file left
+
+
+def test_polling_backs_off_from_half_a_second_doubling_to_ten(
+    tmp_path: Path,
+) -> None:
+    h = Harness(
+        {
+            ARCHIVE: [answer(202, Location=STATUS_URL)],
+            STATUS_URL: [*[status("STARTED", "Downloading")] * 7, success()],
+            SIGNED: [download()],
+        }
+    )
+    assert h.run("42bf8560b395", "-o", str(tmp_path / "a")) == EXIT_OK
+    assert h.sleeps == [0.5, 1, 2, 4, 8, 10, 10, 10]
 
 
 def test_request_carries_subdir_suffix_and_region(tmp_path: Path) -> None:
@@ -560,7 +329,7 @@ def test_an_expired_signed_url_is_replaced(tmp_path: Path) -> None:
 
 
 def test_an_unsafe_archive_exits_3_and_leaves_dest_clean(tmp_path: Path) -> None:
-    evil = make_tar(MALICIOUS_TARS["symlink leaving DIR"])
+    evil = make_tar([(f"{TOP}/ok", b"ok"), (f"{TOP}/l", ("sym", "../x"))])
     h = Harness({ARCHIVE: [answer(302, Location=SIGNED)], SIGNED: [download(evil)]})
     dest = tmp_path / "dest"
     assert h.run("42bf8560b395", "--dest", str(dest)) == EXIT_INFRA

@@ -63,9 +63,16 @@ async def test_calls_before_start_are_unavailable_at_once() -> None:
 async def test_an_empty_task_record_is_refused() -> None:
     fleet = RedisFleet(URL, Clock())
     with pytest.raises(ValueError, match="at least one field"):
-        await fleet.save_task("t", {}, 30)
-    with pytest.raises(ValueError, match="at least one field"):
-        await fleet.update_task("t", {}, 30)
+        await fleet.keep("k", "token", 30, "t", {}, 30, seq=1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_zero_record_ttl_is_refused_before_any_call() -> None:
+    fleet = RedisFleet(URL, Clock())
+    with pytest.raises(ValueError, match="positive"):
+        await fleet.keep("k", "token", 30, "t", {"state": "PENDING"}, 0, seq=1)
+    with pytest.raises(ValueError, match="positive"):
+        await fleet.keep("k", "token", 0, "t", {"state": "PENDING"}, 30, seq=1)
 
 
 @pytest_twisted.ensureDeferred

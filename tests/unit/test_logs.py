@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.python.reflect import namedAny
 from twisted.web.resource import Resource
 
-from archiverd.api.web import ArchiverSite, access_log_formatter
+from archiverd.api.site import ArchiverSite, access_log_formatter
 from archiverd.ops import logs
 from archiverd.ops.logs import (
     MozlogObserver,

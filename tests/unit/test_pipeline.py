@@ -35,7 +35,7 @@ from archiverd.errors import (
     UpstreamUnavailable,
 )
 from archiverd.keys import ArchiveRequest
-from archiverd.tasks.service import Outcome, Task
+from archiverd.tasks.model import Outcome, Task
 from archiverd.transfer.pipeline import Fetcher, PartCutter, Transfer
 
 # -- PartCutter --------------------------------------------------------------

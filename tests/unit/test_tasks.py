@@ -15,7 +15,8 @@ from archiverd.errors import (
     UpstreamUnavailable,
 )
 from archiverd.keys import ArchiveRequest
-from archiverd.tasks.service import SUCCESS_STATUS, Outcome, State, Task, TaskService
+from archiverd.tasks.model import SUCCESS_STATUS, Outcome, State, Task
+from archiverd.tasks.service import TaskService
 
 SRC_URL = "https://hg.example/projects/ash/archive/42bf8560b395.tar.gz"
 OUTCOME = Outcome(1234, "ab" * 32)

@@ -26,14 +26,17 @@ from twisted.internet.task import Clock, deferLater
 from twisted.logger import capturedLogs
 
 from archiverd import __version__
+from archiverd.api.files import SignedFiles
 from archiverd.api.web import ArchiverAPI
+from archiverd.archives import Archives
 from archiverd.config import SourceConfig
 from archiverd.keys import ArchiveRequest
 from archiverd.ops.health import Health
 from archiverd.ops.metrics import Metrics
 from archiverd.storage.base import ObjectInfo
 from archiverd.storage.files import FileStorage
-from archiverd.tasks.service import Outcome, TaskService
+from archiverd.tasks.model import Outcome
+from archiverd.tasks.service import TaskService
 from archiverd.transfer.sources import Source
 
 BASE = "http://archiver.example:8010"
@@ -97,14 +100,13 @@ class World:
         hgmo = Source(
             SourceConfig("hgmo"), StubClient(self.hgweb, self.clock), self.clock
         )
+        self.archives = Archives(
+            {"hgmo": hgmo}, self.storage, self.tasks, self.clock, signed_url_expiry=300
+        )
         self.api = ArchiverAPI(
-            {"hgmo": hgmo},
-            self.storage,
-            self.tasks,
-            self.clock,
-            signed_url_expiry=300,
+            self.archives,
             public_url=public_url,
-            files=files,
+            files=None if files is None else SignedFiles(files, self.storage.call),
             health=Health(self.storage, {"hgmo": hgmo}, self.clock),
             metrics=self.metrics,
         )

@@ -1,0 +1,295 @@
+"""What the API answers, decided without HTTP: where a client should go for
+an archive, and what a task id's status is.
+
+:class:`Archives` is the one domain object the routes call. Its answers are
+plain values: :class:`Redirect` (the archive is stored: go to this signed
+URL), :class:`Accepted` (a task is storing it) and :class:`Status`. Signed
+URLs may be relative to archiverd itself (the file backend's); the web layer
+makes them absolute for the request's host.
+
+Answers that need no I/O (a stored archive whose signed URL is fresh, a task
+this daemon runs) come back at once, not as a Deferred: that is the hit path,
+and it stays cheaper than the framework it runs on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from archiverd import wire
+from archiverd.errors import Busy, FleetUnavailable, NotFound
+from archiverd.keys import MAX_NAME_LENGTH, ArchiveRequest, key_for_task_id, parse_key
+from archiverd.storage.service import StorageService
+from archiverd.tasks.model import SUCCESS_STATUS, State, Task
+from archiverd.tasks.service import TaskService
+from archiverd.transfer.sources import Source
+from archiverd.util.deferreds import SingleFlight
+
+#: A task id longer than this names no archive (3 names, a rev, escapes).
+MAX_TASK_ID = 8 * MAX_NAME_LENGTH
+
+
+@dataclass(slots=True)
+class Redirect:
+    """The archive is stored: send the client to ``url``."""
+
+    url: str
+
+
+@dataclass(slots=True)
+class Accepted:
+    """A task is storing the archive; the client polls ``task_id``."""
+
+    task_id: str
+
+
+@dataclass
+class Status:
+    """A task's status fields, and the signed URLs that go with them.
+
+    ``task`` is this daemon's own task when it is the source, so that a
+    finished task's rendered answer can be kept with it; its fields are
+    described only when asked for (a kept answer needs none).
+    """
+
+    urls: dict[str, str]
+    task: Task | None = None
+    now: float = 0.0
+    fields: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def result(self) -> dict[str, Any]:
+        if self.fields is None:
+            assert self.task is not None
+            self.fields = self.task.describe(self.now)
+        return self.fields
+
+
+def unknown_status() -> Status:
+    """What the old service answered for a task it did not know."""
+    return Status(
+        {},
+        fields={
+            "state": State.PENDING.value,
+            "status": wire.UNKNOWN_STATUS,
+            "src_url": "",
+        },
+    )
+
+
+class Archives:
+    """Archives in storage and the tasks that put them there."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        sources: Mapping[str, Source],
+        storage: StorageService,
+        tasks: TaskService,
+        clock: IReactorTime,
+        *,
+        signed_url_expiry: int = 300,
+    ) -> None:
+        self.sources = sources
+        self.storage = storage
+        self.tasks = tasks
+        self.clock = clock
+        self.signed_url_expiry = signed_url_expiry
+        self.regions = storage.regions
+        #: Storage looks in progress, by key.
+        self._looks: SingleFlight[str, tuple[float, list[str]]] = SingleFlight()
+
+    # -- where is this archive --------------------------------------------------
+
+    def locate(
+        self,
+        source: str,
+        repo: str,
+        rev: str,
+        *,
+        suffix: str = "tar.gz",
+        subdir: str = "",
+        preferred_region: str = "",
+    ) -> Redirect | Deferred[Redirect | Accepted]:
+        """Where the client should go for this archive.
+
+        A hit whose answer is cached (the key known stored, a fresh signed
+        URL) is answered now; anything else asks storage, and starts or joins
+        a task when the archive is missing in the region asked for. Raises
+        :class:`NotFound` for an unknown source, and what the source raises
+        for a request it refuses.
+        """
+        upstream = self.sources.get(source)
+        if upstream is None:
+            raise NotFound(f"unknown source {source!r}")
+        wanted = upstream.request(repo, rev, suffix=suffix, subdir=subdir)
+        src_url = upstream.archive_url(wanted)  # refuses what escapes the template
+        storage = self.storage
+        region = (
+            preferred_region
+            if preferred_region in self.regions
+            else storage.default_region
+        )
+        if not wanted.is_symbolic and storage.known(region, wanted.key):
+            url = storage.cached_signed_url(region, wanted.key, self.signed_url_expiry)
+            if url is not None:
+                return Redirect(url)
+        return Deferred.fromCoroutine(self._locate(upstream, wanted, src_url, region))
+
+    async def _locate(
+        self, upstream: Source, wanted: ArchiveRequest, src_url: str, region: str
+    ) -> Redirect | Accepted:
+        if wanted.is_symbolic:
+            wanted = await upstream.resolve(wanted)
+            src_url = upstream.archive_url(wanted)
+        key = wanted.key
+        running = self.tasks.active(wanted.task_id)
+        if running is not None and region in running.regions:
+            # Being fetched into this region right now: no storage call needed.
+            return Accepted(wanted.task_id)
+        since, stored = await self._look(key)
+        missing = [r for r in self.regions if r not in stored]
+        if region not in missing:
+            return Redirect(await self._signed_url(region, key))
+        task_id = await self.tasks.claim(
+            wanted,
+            src_url,
+            missing,
+            upstream.host,
+            since,
+            stored_in=lambda: self._stored_in(key),
+        )
+        return Accepted(task_id)
+
+    def _look(self, key: str) -> Deferred[tuple[float, list[str]]]:
+        """When storage was asked, and which regions hold the key (concurrent
+        requests for one key share one look)."""
+        since = self.clock.seconds()
+
+        async def look() -> tuple[float, list[str]]:
+            return since, await self._stored_in(key)
+
+        return self._looks.run(key, look)
+
+    async def _stored_in(self, key: str) -> list[str]:
+        regions = self.regions
+        found = await gatherResults(
+            [Deferred.fromCoroutine(self._exists(r, key)) for r in regions]
+        )
+        return [region for region, yes in zip(regions, found) if yes]
+
+    async def _exists(self, region: str, key: str) -> bool:
+        """Whether storage has the key; trouble counts as no (work starts,
+        and fails with the cause, rather than the request failing)."""
+        try:
+            return await self.storage.exists(region, key)
+        except Exception as e:
+            self.log.warn(
+                "cannot tell whether {region} has {key}: {error}",
+                region=region,
+                key=key,
+                error=str(e),
+            )
+            return False
+
+    async def _signed_url(self, region: str, key: str) -> str:
+        return await self.storage.signed_url(region, key, self.signed_url_expiry)
+
+    def _cached_urls(self, key: str) -> dict[str, str] | None:
+        """Every region's signed URL if all are cached, else None."""
+        urls = {}
+        for region in self.regions:
+            url = self.storage.cached_signed_url(region, key, self.signed_url_expiry)
+            if url is None:
+                return None
+            urls[region] = url
+        return urls
+
+    async def _signed_urls(self, key: str) -> dict[str, str]:
+        regions = self.regions
+        urls = await gatherResults(
+            [Deferred.fromCoroutine(self._signed_url(r, key)) for r in regions],
+            consumeErrors=True,
+        )
+        return dict(zip(regions, urls))
+
+    # -- what is this task's status ---------------------------------------------
+
+    def status(self, task_id: str) -> Status | Deferred[Status]:
+        """The status of ``task_id``: this daemon's task, another daemon's
+        (in a fleet), one from before a restart (storage knows whether it
+        succeeded), or unknown. Answered now when no I/O is needed; URLs are
+        signed at poll time (or reused while most of their validity
+        remains), so they are never stale."""
+        task = self.tasks.get(task_id)
+        if task is not None:
+            urls = (
+                {} if task.state is not State.SUCCESS else self._cached_urls(task.key)
+            )
+            if urls is not None:
+                return Status(urls, task, self.clock.seconds())
+        else:
+            known = self._status_known_here(task_id)
+            if known is not None:
+                return known
+        return Deferred.fromCoroutine(self._status(task_id))
+
+    def _status_known_here(self, task_id: str) -> Status | None:
+        """Another daemon's task, from what this one last read of it (and
+        URLs it signed lately); None when that is not enough."""
+        found = self.tasks.coordinator.peek(task_id)
+        if found is None:
+            return None
+        if found["state"] != State.SUCCESS.value:
+            return Status({}, fields=found)
+        urls = self._cached_urls(key_for_task_id(task_id))
+        return None if urls is None else Status(urls, fields=found)
+
+    async def _status(self, task_id: str) -> Status:
+        task = self.tasks.get(task_id)
+        if task is None:
+            return await self._status_elsewhere(task_id)
+        urls = {}
+        if task.state is State.SUCCESS:
+            urls = await self._signed_urls(task.key)
+        return Status(urls, task, self.clock.seconds())
+
+    async def _status_elsewhere(self, task_id: str) -> Status:
+        unavailable = None
+        if len(task_id) <= MAX_TASK_ID:
+            try:
+                found = await self.tasks.coordinator.lookup(task_id)
+            except FleetUnavailable as e:
+                found, unavailable = None, e
+            if found is not None:
+                urls = {}
+                if found["state"] == State.SUCCESS.value:
+                    urls = await self._signed_urls(key_for_task_id(task_id))
+                return Status(urls, fields=found)
+        status = await self._status_from_storage(task_id)
+        if unavailable is not None and status.result["state"] != State.SUCCESS.value:
+            raise Busy(f"cannot reach the other daemons' task records ({unavailable})")
+        return status
+
+    async def _status_from_storage(self, task_id: str) -> Status:
+        """For a task this process does not know: stored means SUCCESS."""
+        if len(task_id) > MAX_TASK_ID or not task_id.isprintable():
+            return unknown_status()
+        try:
+            key = key_for_task_id(task_id)
+        except ValueError:
+            return unknown_status()
+        named = parse_key(key)
+        if named is None or named.source not in self.sources:
+            return unknown_status()  # names no archive: never sign URLs for it
+        if set(await self._stored_in(key)) != set(self.regions):
+            return unknown_status()
+        fields = {"state": State.SUCCESS.value, "status": SUCCESS_STATUS, "src_url": ""}
+        return Status(await self._signed_urls(key), fields=fields)

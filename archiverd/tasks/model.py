@@ -1,0 +1,150 @@
+"""A task: one archive being fetched into some regions, and its public fields.
+
+The fields a status poll shows are defined once, here: :meth:`Task.describe`
+builds them, and :func:`to_record` / :func:`from_record` carry them through a
+fleet's task record (strings only) unchanged.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from archiverd import wire
+from archiverd.keys import ArchiveRequest
+
+SUCCESS_STATUS = wire.SUCCESS_STATUS
+#: The FAILURE status of a task cut short by the daemon stopping.
+CANCELLED = "cancelled: archiverd is stopping"
+
+
+class State(enum.Enum):
+    PENDING = wire.PENDING
+    STARTED = wire.STARTED
+    PROGRESS = wire.PROGRESS
+    SUCCESS = wire.SUCCESS
+    FAILURE = wire.FAILURE
+
+
+FINISHED = (State.SUCCESS, State.FAILURE)
+
+
+@dataclass(eq=False)
+class Task:
+    """One archive being fetched into some regions."""
+
+    request: ArchiveRequest
+    src_url: str
+    regions: tuple[str, ...]
+    created: float
+    upstream_host: str = ""
+    state: State = State.PENDING
+    error: str = ""
+    bytes_received: int = 0
+    #: While queued: how many tasks will start before this one.
+    ahead: int = 0
+    started: float | None = None
+    finished: float | None = None
+    size: int | None = None
+    sha256: str | None = None
+    deferred: Deferred[None] | None = field(default=None, repr=False)
+    #: The coordinator's claim on this archive (a fleet's lock token).
+    token: str = ""
+    #: Raises unless this daemon may still complete the upload; checked
+    #: by the transfer just before it makes the object visible.
+    fence: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
+    #: Once finished: the status body last rendered, and the URLs in it
+    #: (kept here so it lives and dies with the task).
+    rendered: tuple[dict[str, str], bytes] | None = field(default=None, repr=False)
+
+    @property
+    def task_id(self) -> str:
+        return self.request.task_id
+
+    @property
+    def key(self) -> str:
+        return self.request.key
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINISHED
+
+    @property
+    def status(self) -> str:
+        """A sentence for people."""
+        if self.state is State.PENDING:
+            return f"queued ({self.ahead} ahead)"
+        if self.state is State.STARTED:
+            return f"Downloading archive from {self.upstream_host}"
+        if self.state is State.PROGRESS:
+            return f"Uploading: {self.bytes_received / 2**20:.1f} MiB so far"
+        if self.state is State.SUCCESS:
+            return SUCCESS_STATUS
+        return self.error
+
+    def describe(self, now: float) -> dict[str, Any]:
+        """The task as the status endpoint shows it (without ``s3_urls``)."""
+        end = self.finished if self.finished is not None else now
+        result: dict[str, Any] = {
+            "state": self.state.value,
+            "status": self.status,
+            "src_url": self.src_url,
+            "bytes_received": self.bytes_received,
+            "elapsed_seconds": round(end - self.created, 3),
+            "regions": list(self.regions),
+        }
+        if self.state is State.SUCCESS:
+            result["size"] = self.size
+            result["sha256"] = self.sha256
+        return result
+
+
+@dataclass(frozen=True)
+class Outcome:
+    size: int
+    sha256: str
+
+
+#: Runs a task's transfer, reporting bytes received; what the task service
+#: is given to do the work (:class:`archiverd.transfer.pipeline.Fetcher`).
+Runner = Callable[[Task, Callable[[int], None]], Awaitable[Outcome]]
+
+# The public fields as a record holds them: name -> (to text, from text).
+_FIELDS: dict[str, tuple[Callable[[Any], str], Callable[[str], Any]]] = {
+    "state": (str, str),
+    "status": (str, str),
+    "src_url": (str, str),
+    "bytes_received": (str, lambda v: int(v or 0)),
+    "elapsed_seconds": (str, lambda v: float(v or 0)),
+    "regions": (",".join, lambda v: [r for r in v.split(",") if r]),
+}
+_SUCCESS_FIELDS: dict[str, tuple[Callable[[Any], str], Callable[[str], Any]]] = {
+    "size": (str, lambda v: int(v or 0)),
+    "sha256": (lambda v: v or "", str),
+}
+_EMPTY = {"state": "", "status": "", "src_url": "", "regions": "", "sha256": ""}
+
+
+def to_record(described: dict[str, Any]) -> dict[str, str]:
+    """:meth:`Task.describe`'s fields as text, for a fleet's task record."""
+    fields = dict(_FIELDS)
+    if described["state"] == State.SUCCESS.value:
+        fields.update(_SUCCESS_FIELDS)
+    return {name: out(described[name]) for name, (out, _) in fields.items()}
+
+
+def from_record(record: dict[str, str] | None) -> dict[str, Any] | None:
+    """The status fields a task record holds; None if it holds none."""
+    if not record or "state" not in record:
+        return None
+    fields = dict(_FIELDS)
+    if record["state"] == State.SUCCESS.value:
+        fields.update(_SUCCESS_FIELDS)
+    return {
+        name: back(record.get(name, _EMPTY.get(name, "0")))
+        for name, (_, back) in fields.items()
+    }
