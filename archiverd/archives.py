@@ -49,25 +49,26 @@ class Accepted:
     task_id: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Status:
     """A task's status fields, and the signed URLs that go with them.
 
     ``task`` is this daemon's own task when it is the source, so that a
     finished task's rendered answer can be kept with it; its fields are
-    described only when asked for (a kept answer needs none).
+    described (at ``clock``'s time) only when asked for: a kept answer needs
+    none.
     """
 
     urls: dict[str, str]
     task: Task | None = None
-    now: float = 0.0
+    clock: IReactorTime | None = None
     fields: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def result(self) -> dict[str, Any]:
         if self.fields is None:
-            assert self.task is not None
-            self.fields = self.task.describe(self.now)
+            assert self.task is not None and self.clock is not None
+            self.fields = self.task.describe(self.clock.seconds())
         return self.fields
 
 
@@ -234,7 +235,7 @@ class Archives:
                 {} if task.state is not State.SUCCESS else self._cached_urls(task.key)
             )
             if urls is not None:
-                return Status(urls, task, self.clock.seconds())
+                return Status(urls, task, self.clock)
         else:
             known = self._status_known_here(task_id)
             if known is not None:
@@ -259,7 +260,7 @@ class Archives:
         urls = {}
         if task.state is State.SUCCESS:
             urls = await self._signed_urls(task.key)
-        return Status(urls, task, self.clock.seconds())
+        return Status(urls, task, self.clock)
 
     async def _status_elsewhere(self, task_id: str) -> Status:
         unavailable = None

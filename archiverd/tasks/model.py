@@ -113,7 +113,8 @@ class Outcome:
 #: is given to do the work (:class:`archiverd.transfer.pipeline.Fetcher`).
 Runner = Callable[[Task, Callable[[int], None]], Awaitable[Outcome]]
 
-# The public fields as a record holds them: name -> (to text, from text).
+# The public fields as a record holds them: name -> (to text, from text); a
+# field missing from a record reads as "".
 _FIELDS: dict[str, tuple[Callable[[Any], str], Callable[[str], Any]]] = {
     "state": (str, str),
     "status": (str, str),
@@ -126,7 +127,6 @@ _SUCCESS_FIELDS: dict[str, tuple[Callable[[Any], str], Callable[[str], Any]]] = 
     "size": (str, lambda v: int(v or 0)),
     "sha256": (lambda v: v or "", str),
 }
-_EMPTY = {"state": "", "status": "", "src_url": "", "regions": "", "sha256": ""}
 
 
 def to_record(described: dict[str, Any]) -> dict[str, str]:
@@ -144,7 +144,4 @@ def from_record(record: dict[str, str] | None) -> dict[str, Any] | None:
     fields = dict(_FIELDS)
     if record["state"] == State.SUCCESS.value:
         fields.update(_SUCCESS_FIELDS)
-    return {
-        name: back(record.get(name, _EMPTY.get(name, "0")))
-        for name, (_, back) in fields.items()
-    }
+    return {name: back(record.get(name, "")) for name, (_, back) in fields.items()}

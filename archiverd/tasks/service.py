@@ -190,21 +190,22 @@ class TaskService(Service):
         if self.joinable(task_id, since) is not None:
             return task_id
         self._check_room(task_id)
+
+        def start(token: str, missing: Sequence[str]) -> Task:
+            return self.submit(
+                request, src_url, missing, upstream_host, since, token=token
+            )
+
         return await self._claims.run(
-            task_id,
-            lambda: self._claim(
-                request, src_url, regions, upstream_host, since, stored_in
-            ),
+            task_id, lambda: self._claim(request, regions, stored_in, start)
         )
 
     async def _claim(
         self,
         request: ArchiveRequest,
-        src_url: str,
         regions: Sequence[str],
-        upstream_host: str,
-        since: float,
         stored_in: Callable[[], Awaitable[Sequence[str]]],
+        start: Callable[[str, Sequence[str]], Task],
     ) -> str:
         coordinator = self.coordinator
         token = await coordinator.acquire(request)
@@ -215,11 +216,7 @@ class TaskService(Service):
             if coordinator.shared:
                 stored = await stored_in()
                 missing = [r for r in regions if r not in stored]
-            task = None
-            if missing:
-                task = self.submit(
-                    request, src_url, missing, upstream_host, since, token=token
-                )
+            task = start(token, missing) if missing else None
         except BaseException:
             await coordinator.release(request.key, token)
             raise

@@ -15,7 +15,14 @@ from archiverd.errors import (
     UpstreamUnavailable,
 )
 from archiverd.keys import ArchiveRequest
-from archiverd.tasks.model import SUCCESS_STATUS, Outcome, State, Task
+from archiverd.tasks.model import (
+    SUCCESS_STATUS,
+    Outcome,
+    State,
+    Task,
+    from_record,
+    to_record,
+)
 from archiverd.tasks.service import TaskService
 
 SRC_URL = "https://hg.example/projects/ash/archive/42bf8560b395.tar.gz"
@@ -346,3 +353,33 @@ def test_a_table_full_of_unfinished_tasks_refuses_new_work(
         submit(tasks, clock, rev="000000000003")
     assert submit(tasks, clock, rev="000000000001") is first  # joining is fine
     assert len(runner.calls) == 2
+
+
+# -- the public fields through a fleet's record ------------------------------
+
+
+@pytest.mark.parametrize("state", list(State))
+def test_a_tasks_fields_survive_a_record_unchanged(clock: Clock, state: State) -> None:
+    task = Task(request(), SRC_URL, ("east", "west"), clock.seconds(), "hg.example")
+    task.state, task.bytes_received, task.error = state, 5 * 2**20, "it broke"
+    task.size, task.sha256 = 1234, "ab" * 32
+    described = task.describe(clock.seconds() + 2.5)
+    record = to_record(described)
+    assert all(isinstance(v, str) for v in record.values())
+    assert from_record(record) == described
+
+
+def test_a_record_with_missing_fields_reads_as_empty_and_no_record_as_none() -> None:
+    assert from_record(None) is None
+    assert from_record({}) is None
+    assert from_record({"status": "no state"}) is None
+    assert from_record({"state": "SUCCESS"}) == {
+        "state": "SUCCESS",
+        "status": "",
+        "src_url": "",
+        "bytes_received": 0,
+        "elapsed_seconds": 0.0,
+        "regions": [],
+        "size": 0,
+        "sha256": "",
+    }
