@@ -26,8 +26,8 @@ MAX_PART_SIZE = 5 * 1024 * MiB
 _REGION = (r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z", "bad region name")
 #: Segments of printable characters other than "/" and "\\", joined by "/".
 _REPO = (r"[^/\\\s]+(/[^/\\\s]+)*\Z", "bad repo pattern")
-_RULES = {"low", "high", "choices", "expected", "each", "refuse"}
-_RULES |= {"required_for", "only_for", "check", "read"}
+_RULES = set("low high choices expected each refuse required_for only_for".split())
+_RULES |= {"check", "read"}
 
 
 class ConfigError(Exception):
@@ -37,13 +37,11 @@ class ConfigError(Exception):
 def setting(default: Any = MISSING, *, factory: Any = None, **rules: Any) -> Any:
     """A config field: its default (or ``factory``) and the rules for its key.
 
-    On the file's value: ``low``/``high`` (a number's bounds), ``choices``
-    (``expected`` rewords the refusal), ``each=(regex, why)`` (every item),
-    ``refuse=(predicate, why)``. Then, with the table's other values, on the
+    On the file's value: ``low``/``high``, ``choices`` (``expected`` rewords the
+    refusal), ``each=(regex, why)``, ``refuse=(predicate, why)``. Then, on the
     file's value or the default: ``required_for=(key, value)``, ``only_for=(key,
-    value[, why])`` (a true value), ``check(dotted key, value, values)`` (returns
-    the value kept; not run on None). ``read(table, default)`` reads a table.
-    """
+    value[, why])``, ``check(dotted key, value, values)`` (returns the value kept;
+    not run on None). ``read(table, default)`` reads a whole table."""
     if not rules.keys() <= _RULES:
         raise TypeError(f"unknown rules {sorted(rules.keys() - _RULES)}")
     if factory is not None:
@@ -174,8 +172,10 @@ class S3Config:
     addressing_style: str | None = setting(
         None, choices=("path", "virtual", "auto"), expected="path or virtual"
     )
-    #: botocore's retry attempts for each call (standard retry mode).
+    #: botocore's attempts per call (standard mode); seconds to connect, per read.
     max_attempts: int = setting(5, low=1, high=20)
+    connect_timeout: float = setting(5.0, low=0.1, high=600)
+    read_timeout: float = setting(30.0, low=0.1, high=3600)
     #: "crc32": S3 checks every request's bytes against a CRC32 (cheap);
     #: "none": no per-request checksum (the sha256 in metadata remains).
     checksum: str = setting("crc32", choices=("crc32", "none"))
@@ -195,7 +195,7 @@ class FileConfig:
     )
     #: HMAC key for signed file URLs; default: generated and kept under root.
     secret: str | None = setting(
-        None, refuse=(lambda s: len(s) < 16, "use at least 16 characters")
+        None, refuse=(lambda s: len(s.encode()) < 32, "use at least 32 characters")
     )
 
 
@@ -288,6 +288,12 @@ class Config:
 
     listen: str = DEFAULT_LISTEN
     public_url: str | None = setting(None, check=_public_url)
+    #: Host names served besides the listening address's own (public_url unset).
+    hosts: tuple[str, ...] = setting((), each=(r"[\w.:\[\]-]{1,255}\Z", "bad host"))
+    #: Seconds to send a whole request; connections at once (0: no limit).
+    header_timeout: float = setting(30.0, low=1, high=3600)
+    max_connections: int = setting(10_000, low=0, high=1_000_000)
+    max_connections_per_client: int = setting(0, low=0, high=1_000_000)
     #: hg.mozilla.org stays served unless configured otherwise.
     sources: Mapping[str, SourceConfig] = setting(
         factory=lambda: {"hgmo": SourceConfig("hgmo")}, read=_sources

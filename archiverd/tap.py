@@ -5,18 +5,27 @@ global reactor, and only in :func:`makeService`. ``MultiService`` starts its
 children in order but stops them all at once, so :class:`Daemon` stops them
 itself, last started first: the listener, then the tasks (aborting every
 upload in flight), then the storage thread pool.
+
+The process fails loudly and cleanly: a bad config, a port it cannot listen
+on, storage that cannot be opened or a bucket that does not exist stop it with
+one line and exit status 1 (systemd's ``Restart=on-failure`` then acts);
+storage or Redis that cannot be reached at start are said once each, and the
+daemon serves degraded until they are back. Its reactor keeps time on the
+monotonic clock (:mod:`archiverd.util.clock`).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
-import treq
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application import strports
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -33,15 +42,17 @@ from archiverd.ops.logs import RequestLog, TimedRequest, use_json_logs
 from archiverd.ops.memory import fix_mmap_threshold
 from archiverd.ops.metrics import Metrics
 from archiverd.storage.base import Storage
-from archiverd.storage.files import FileStorage
+from archiverd.storage.files import FileStorage, WeakSecret
 from archiverd.storage.s3 import S3Storage
 from archiverd.storage.service import StorageService
 from archiverd.tasks.coordinator import Coordinator, LocalCoordinator
 from archiverd.tasks.fleet import RedisCoordinator
 from archiverd.tasks.redis_store import RedisFleet
 from archiverd.tasks.service import TaskService
+from archiverd.transfer.client import UpstreamClient
 from archiverd.transfer.pipeline import Fetcher
 from archiverd.transfer.sources import Source
+from archiverd.util.clock import WallDated, schedule_on_monotonic
 
 
 class Options(usage.Options):
@@ -97,6 +108,8 @@ def build_storage(config: Config) -> Storage:
             endpoint_url=storage.s3.endpoint_url,
             addressing_style=storage.s3.addressing_style,
             max_attempts=storage.s3.max_attempts,
+            connect_timeout=storage.s3.connect_timeout,
+            read_timeout=storage.s3.read_timeout,
             checksum=storage.s3.checksum,
             sign_payload=storage.s3.sign_payload,
             max_connections=storage.threads,
@@ -123,6 +136,9 @@ class Daemon(MultiService):
         super().__init__()
         self.clock = reactor
         self.shutdown_grace = config.shutdown_grace
+        #: Called after a fatal fault is logged (makeService: stop, exit 1).
+        self.on_fatal: Callable[[], None] | None = None
+        self._checking: Deferred[None] | None = None
         backend = backend if backend is not None else build_storage(config)
         self.storage = StorageService(
             backend,
@@ -136,7 +152,9 @@ class Daemon(MultiService):
         self.files = backend if isinstance(backend, FileStorage) else None
         self.http_pool = HTTPConnectionPool(reactor)
         self.http_pool._factory = _QuietClientFactory  # no log line per connection
-        client = treq.client.HTTPClient(Agent(reactor, pool=self.http_pool))
+        # Not treq's HTTPClient: it asks for and undoes gzip content coding,
+        # and archives must be stored as upstream serves them.
+        client = UpstreamClient(Agent(reactor, pool=self.http_pool))
         sources = {
             name: Source(sc, client, reactor) for name, sc in config.sources.items()
         }
@@ -167,7 +185,6 @@ class Daemon(MultiService):
                 reactor,
                 keep_finished=config.tasks.keep_finished,
                 lock_ttl=config.coordination.lock_ttl,
-                clean=self.storage.abort_abandoned,
             )
             self.metrics.watch_fleet(self.fleet)
         tasks = TaskService(
@@ -178,6 +195,7 @@ class Daemon(MultiService):
             max_concurrent=config.tasks.max_concurrent_tasks,
             max_tasks=config.tasks.max_tasks,
             metrics=self.metrics,
+            clean_up=self.storage.abort_abandoned,
         )
         self.metrics.watch_tasks(tasks)
         return tasks
@@ -197,11 +215,13 @@ class Daemon(MultiService):
         files = None
         if self.files is not None:
             files = SignedFiles(self.files, self.storage.call)
+        self.health = Health(self.storage, sources, reactor, fleet=self.fleet)
         return ArchiverAPI(
             archives,
             public_url=config.public_url,
+            hosts=config.hosts,
             files=files,
-            health=Health(self.storage, sources, reactor, fleet=self.fleet),
+            health=self.health,
             metrics=self.metrics,
         )
 
@@ -211,12 +231,43 @@ class Daemon(MultiService):
             self.files.open()
             self.storage.mark_open()
 
+    def privilegedStartService(self) -> None:
+        # The listener listens now (twistd calls this before the reactor
+        # runs). Failing, it would be logged as "Unhandled Error" and the
+        # process would serve nothing, forever: stop start-up instead.
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            address = f"{e.interface}:{e.port}" if e.interface else e.port
+            reason = getattr(e.socketError, "strerror", None) or e.socketError
+            raise _fail(f"cannot listen on {address}: {reason}") from None
+
+    def startService(self) -> None:
+        super().startService()
+        self._checking = Deferred.fromCoroutine(self._check_at_start())
+        self._checking.addErrback(
+            lambda f: None if f.check(CancelledError) else self.log.failure("", f)
+        )
+
+    async def _check_at_start(self) -> None:
+        why = await self.health.check_at_start()
+        if why is not None and self.running:
+            self.fatal(f"cannot start: {why}")
+
+    def fatal(self, message: str) -> None:
+        """A fault archiverd cannot serve with: one line, then stop."""
+        self.log.critical("archiverd: {message}", message=message)
+        if self.on_fatal is not None:
+            self.on_fatal()
+
     def stopService(self) -> Any:
         # One at a time, last started first: the listener stops accepting,
         # then the tasks abort their uploads (which needs the storage pool),
         # and only then does the storage pool stop. MultiService would stop
         # them all at once.
         Service.stopService(self)
+        if self._checking is not None:
+            self._checking.cancel()
         return Deferred.fromCoroutine(self._stop_in_order())
 
     async def _stop_in_order(self) -> None:
@@ -238,7 +289,27 @@ class Daemon(MultiService):
                     grace=self.shutdown_grace,
                     service=type(service).__name__,
                 )
-        await self.http_pool.closeCachedConnections()
+        closing = self.http_pool.closeCachedConnections()
+        await _fires_within(
+            closing, max(0.0, deadline - self.clock.seconds()), self.clock
+        )
+
+
+def _stop_and_exit(reactor: Any, status: int = 1) -> None:
+    """Stop the reactor and, once twistd has finished (its last log line
+    written, its pid file removed), exit with ``status``: twistd itself
+    exits 0 whenever its reactor stops without a signal."""
+    atexit.register(_exit, status)
+    if reactor.running:
+        reactor.stop()
+    else:
+        reactor.callWhenRunning(reactor.stop)
+
+
+def _exit(status: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 async def _fires_within(d: Deferred[Any], seconds: float, clock: Any) -> bool:
@@ -268,8 +339,8 @@ async def _fires_within(d: Deferred[Any], seconds: float, clock: Any) -> bool:
             timer.cancel()
 
 
-def makeService(options: Options) -> MultiService:
-    from twisted.internet import reactor
+def _configured(options: Options, reactor: Any) -> tuple[Config, str]:
+    """The config and the endpoint to listen on; a problem is one line."""
     from twisted.internet.endpoints import serverFromString
 
     try:
@@ -278,35 +349,59 @@ def makeService(options: Options) -> MultiService:
         raise _fail(f"config error: {e}") from None
     listen = options["listen"] or config.listen
     try:
-        endpoint = serverFromString(reactor, listen)
+        serverFromString(reactor, listen)  # a bad one is a config error
     except (ValueError, TypeError, KeyError) as e:
         raise _fail(f"config error: listen: bad endpoint {listen!r}: {e}") from None
+    return config, listen
 
+
+def _serve(daemon: Daemon, site: ArchiverSite, listen: str, reactor: Any) -> None:
+    """Serve ``site`` on ``listen`` as the daemon's last service."""
+    site.reactor = WallDated(reactor)  # the access log's dates, on the wall clock
+    # strports: a failure to listen at start raises (Daemon says it in a line).
+    strports.service(listen, site, reactor).setServiceParent(daemon)
+    daemon.on_fatal = lambda: _stop_and_exit(reactor)
+
+
+def makeService(options: Options) -> MultiService:
+    from twisted.internet import reactor
+
+    config, listen = _configured(options, reactor)
     # Part buffers above the threshold (given back when freed), socket reads
     # below it (reused from the heap without a system call each).
     fix_mmap_threshold(256 * 1024)
+    # Every deadline on the monotonic clock: before anything is scheduled,
+    # and before the Daemon's caches take ``reactor.seconds`` as their clock.
+    schedule_on_monotonic(reactor)
     try:
         daemon = Daemon(config, reactor)
     except ConfigError as e:
         raise _fail(f"config error: {e}") from None
     try:
         daemon.open_files()
+    except WeakSecret as e:
+        raise _fail(str(e)) from None
     except OSError as e:
         raise _fail(
             f"config error: storage.file.root: cannot use {config.storage.file.root}: "
             f"{e.strerror or e}"
         ) from None
+    limits: dict[str, Any] = {
+        "header_timeout": config.header_timeout,
+        "max_connections": config.max_connections,
+        "max_connections_per_client": config.max_connections_per_client,
+    }
     if options["log-format"] == "json":
         site = ArchiverSite(
             daemon.api,
             reactor=reactor,
             request_log=RequestLog(),
             requestFactory=TimedRequest,
+            **limits,
         )
     else:
         site = ArchiverSite(
-            daemon.api, reactor=reactor, logFormatter=access_log_formatter
+            daemon.api, reactor=reactor, logFormatter=access_log_formatter, **limits
         )
-    web = StreamServerEndpointService(endpoint, site)
-    web.setServiceParent(daemon)
+    _serve(daemon, site, listen, reactor)
     return daemon

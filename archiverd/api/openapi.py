@@ -254,22 +254,21 @@ def _file_operations(regions: Sequence[str]) -> dict[str, Any]:
             "description": "The archive's SHA-256, as S3 serves it.",
             "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
         },
+        "ETag": {"description": "The SHA-256, quoted.", "schema": {"type": "string"}},
     }
     return _operations(
         "An object of the local-files backend",
-        "Signed URLs of the local-files backend point here. Range requests "
-        "work. Any other backend answers 404.",
+        "Signed URLs of the local-files backend point here. Ranges that merge "
+        "into one span get 206; disjoint spans, or an If-Range naming another "
+        "version, get the whole archive: never more. Other backends answer 404.",
         {
-            "200": {
-                "description": "The archive.",
+            "200": {"description": "The archive.", "headers": stored, "content": body},
+            "206": {
+                "description": "One span of it.",
                 "headers": stored,
                 "content": body,
             },
-            "206": {
-                "description": "The requested range(s) of the archive.",
-                "headers": stored,
-                "content": {**body, "multipart/byteranges": archive},
-            },
+            "304": {"description": "Not modified (If-None-Match, If-Modified-Since)."},
             "400": _error(
                 "The URL is not valid UTF-8, or `expires` or `signature` holds "
                 "a character that is not printable."
@@ -309,6 +308,12 @@ def _file_operations(regions: Sequence[str]) -> dict[str, Any]:
                 "name": "Range",
                 "in": "header",
                 "description": "Byte ranges, as in RFC 9110.",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": "If-Range",
+                "in": "header",
+                "description": "An ETag or date: Range applies to that version only.",
                 "schema": {"type": "string"},
             },
         ],

@@ -18,10 +18,14 @@ def json_body(request: IRequest, body: object, code: int = 200) -> bytes:
 
 
 def arg(request: IRequest, name: str, default: str = "") -> str:
-    """A query argument as text; 400 unless UTF-8 without control characters."""
+    """A query argument as text; 400 unless given once, in UTF-8, without
+    control characters (a repeated one could be read one way here and another
+    by a proxy or cache in front)."""
     values = request.args.get(name.encode())
     if not values:
         return default
+    if len(values) > 1:
+        raise BadRequest(f"{name} is given more than once")
     try:
         value: str = values[0].decode("utf-8")
     except UnicodeDecodeError:

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import html
 import json
-import re
+from collections.abc import Iterable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -36,6 +36,7 @@ from werkzeug.routing import RequestRedirect
 
 from archiverd import wire
 from archiverd.api.files import SignedFiles
+from archiverd.api.hosts import HostCheck
 from archiverd.api.openapi import OPENAPI_PATH, openapi_document
 from archiverd.api.render import arg, json_body
 from archiverd.api.site import Root
@@ -51,8 +52,6 @@ from archiverd.errors import (
 from archiverd.ops.health import Health, version_info
 from archiverd.ops.metrics import Metrics
 
-_HOST = re.compile(r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?\Z")
-
 
 class ArchiverAPI:
     """The Klein application; collaborators are passed in."""
@@ -66,12 +65,16 @@ class ArchiverAPI:
         archives: Archives,
         *,
         public_url: str | None = None,
+        hosts: Iterable[str] = (),
         files: SignedFiles | None = None,
         health: Health | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.archives = archives
         self.public_url = public_url
+        #: Which Host headers are served (all, with public_url; else only
+        #: this server's own names and ``hosts``).
+        self.hosts = HostCheck(public_url, hosts)
         self.files = files
         self.health = health
         self.metrics = metrics or Metrics()
@@ -79,21 +82,14 @@ class ArchiverAPI:
         self._openapi: bytes | None = None
 
     def resource(self) -> Any:
-        return Root(self.app.resource())
+        return Root(self.app.resource(), self.hosts)
 
     # -- rendering ---------------------------------------------------------
 
     def _base_url(self, request: IRequest) -> str:
-        """Where clients reach archiverd: public_url, else the request's Host."""
-        if self.public_url:
-            return self.public_url
-        scheme = "https" if request.isSecure() else "http"
-        host = (request.getHeader("host") or "").strip()
-        if not _HOST.match(host):
-            address = request.getHost()
-            name = getattr(address, "host", "127.0.0.1")
-            host = f"{name}:{getattr(address, 'port', 80)}"
-        return f"{scheme}://{host}"
+        """Where clients reach archiverd: public_url, else the request's Host
+        (which :class:`~archiverd.api.site.Root` has checked names us)."""
+        return self.hosts.base_url(request)
 
     def _absolute(self, request: IRequest, url: str) -> str:
         # The file backend signs URLs relative to archiverd itself.
@@ -246,11 +242,15 @@ class ArchiverAPI:
         for name, value in error.get_headers():
             if name.lower() != "content-type":
                 request.setHeader(name, value)
+        description = error.description or error.name
         if isinstance(error, RequestRedirect):
-            request.setHeader("Location", error.new_url)
-        return json_body(
-            request, {"error": error.description or error.name}, error.code or 500
-        )
+            # werkzeug builds the URL from the Host header: keep only its path.
+            target = urlsplit(error.new_url)
+            location = self._base_url(request) + target.path
+            location += f"?{target.query}" if target.query else ""
+            request.setHeader("Location", location)
+            description = f"see {location}"
+        return json_body(request, {"error": description}, error.code or 500)
 
     @app.handle_errors(Exception)
     def internal_error(self, request: IRequest, failure: Failure) -> bytes:

@@ -11,6 +11,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
+class MissingStorage(Exception):
+    """What a region is configured to use does not exist (a bucket): no
+    retry will help; archiverd refuses to start. The message names it."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """What an object carries besides its bytes."""
@@ -36,7 +41,8 @@ class Storage(Protocol):
         """Release what :meth:`open` took."""
 
     def check(self, region: str) -> None:
-        """Raise if the region's storage cannot be used (for health checks)."""
+        """Raise if the region's storage cannot be used (for health checks):
+        :class:`MissingStorage` when it does not exist at all."""
 
     def exists(self, region: str, key: str) -> bool:
         """True when a complete object is stored under ``key``."""
@@ -45,6 +51,8 @@ class Storage(Protocol):
         """A URL that lets its holder GET the object for ``expires_in`` seconds.
 
         It may be relative to archiverd itself (it then starts with ``/``).
+        It is made without asking the storage anything (no request), so it
+        runs apart from the calls that do and may be stuck.
         """
 
     def put(

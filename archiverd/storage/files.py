@@ -2,7 +2,7 @@
 
 Layout under the root folder, one folder per region::
 
-    <root>/.secret                     HMAC key for signed URLs (0600)
+    <root>/.secret                     HMAC key for signed URLs (0600, >= 32 bytes)
     <root>/<region>/.partial/<id>      uploads in progress
     <root>/<region>/<hh>/<hash>        complete objects
     <root>/<region>/<hh>/<hash>.json   their metadata (key, size, sha256, type)
@@ -12,34 +12,60 @@ region's folder, and a key that is a prefix of another (an archive and one of
 its subdirs) never collides with it. An upload is written under ``.partial``
 and renamed into place only when complete, so a reader never sees part of an
 object; leftovers of a crash are removed by :meth:`FileStorage.open`.
+
+Reading never follows a link below a region's folder: objects, their metadata
+and the ``<hh>`` folders are opened with ``O_NOFOLLOW`` relative to the folder
+above them, so whatever is put in the store, a signed URL reads only regular
+files inside it (the root and the region folders themselves are the
+operator's to place, and may be links).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import json
 import os
 import secrets
+import stat
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode
 
 from archiverd.storage.base import ObjectInfo
 
 PARTIAL = ".partial"
 SECRET_FILE = ".secret"
+#: Bytes of HMAC key below which signed URLs could be forged.
+MIN_SECRET = 32
+#: Metadata files are a few hundred bytes; a larger one is not ours.
+_MAX_META = 64 * 1024
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO put in an object's place must not wait for a writer.
+_READ = os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW
+
+
+class WeakSecret(ValueError):
+    """The signing key cannot be trusted; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
 class StoredFile:
-    """A complete object on disk and what to serve it as."""
+    """A complete object, open for reading, and what to serve it as.
 
-    path: Path
+    The caller owns ``file`` and closes it.
+    """
+
+    file: BinaryIO
     size: int
+    #: Seconds since the epoch of the object's last change.
+    mtime: float
     content_type: str
     content_disposition: str
     #: Hex digest of the object's bytes ("" if its metadata lacks one).
@@ -71,20 +97,22 @@ class FileStorage:
             partial.mkdir(parents=True, exist_ok=True)
             for leftover in partial.iterdir():
                 leftover.unlink()
-        if self._secret is None:
-            self._secret = self._load_secret()
+        secret = self._load_secret() if self._secret is None else self._secret
+        if len(secret) < MIN_SECRET:
+            raise WeakSecret(
+                f"storage.file.secret: use at least {MIN_SECRET} characters"
+            )
+        self._secret = secret
 
     def _load_secret(self) -> bytes:
         path = self.root / SECRET_FILE
         try:
-            return path.read_bytes().strip()
+            return _read_secret(path)
         except FileNotFoundError:
             pass
         secret = secrets.token_hex(32).encode()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(secret)
-        return secret
+        _create_atomically(path, secret)
+        return _read_secret(path)  # another daemon's, if it was first
 
     def close(self) -> None:
         pass
@@ -112,25 +140,55 @@ class FileStorage:
         if not os.access(partial, os.W_OK | os.X_OK):
             raise PermissionError(f"{partial} is not writable")
 
-    def exists(self, region: str, key: str) -> bool:
-        return self._object_path(region, key).is_file()
-
-    def stat(self, region: str, key: str) -> StoredFile | None:
-        """The stored object and its metadata, or None."""
-        path = self._object_path(region, key)
+    def _folder(self, region: str, key: str) -> tuple[int, str]:
+        """An fd of the object's ``<hh>`` folder (reached without following
+        a link) and the object's name in it."""
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        region_fd = os.open(self._region(region), _FOLDER & ~os.O_NOFOLLOW)
         try:
-            meta = json.loads(path.with_suffix(".json").read_text())
-            size = path.stat().st_size
-        except (OSError, ValueError):
+            return os.open(digest[:2], _FOLDER, dir_fd=region_fd), digest
+        finally:
+            os.close(region_fd)
+
+    def exists(self, region: str, key: str) -> bool:
+        """Whether the object is stored whole: what :meth:`open_object` would
+        serve (so an object cut short at rest is fetched and stored again)."""
+        stored = self.open_object(region, key)
+        if stored is None:
+            return False
+        stored.file.close()
+        return True
+
+    def open_object(self, region: str, key: str) -> StoredFile | None:
+        """The stored object, open, with its metadata; None if there is no
+        such object, or only a link, a FIFO or anything but a regular file
+        where it should be, or metadata that is not its own, or a file whose
+        size is not the one recorded when it was stored."""
+        try:
+            folder, name = self._folder(region, key)
+        except OSError:
             return None
-        if meta.get("key") != key:
+        try:
+            meta = _read_meta(folder, name + ".json", key)
+            if meta is None:
+                return None
+            fd = os.open(name, _READ, dir_fd=folder)
+        except OSError:
             return None
+        finally:
+            os.close(folder)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or meta["size"] not in (None, info.st_size):
+            os.close(fd)
+            return None
+        os.set_blocking(fd, True)
         return StoredFile(
-            path,
-            size,
+            os.fdopen(fd, "rb"),
+            info.st_size,
+            info.st_mtime,
             meta["content_type"],
             meta["content_disposition"],
-            meta.get("sha256", ""),
+            meta["sha256"],
         )
 
     # -- signing ---------------------------------------------------------
@@ -174,6 +232,8 @@ class FileStorage:
     ) -> None:
         target = self._object_path(region, key)
         target.parent.mkdir(exist_ok=True)
+        if target.parent.is_symlink():  # never write through a link either
+            raise OSError(f"{target.parent} is a symbolic link")
         meta = {
             "key": key,
             "size": size,
@@ -218,7 +278,7 @@ class FileStorage:
         offset: int,
         data: bytes,
     ) -> str:
-        fd = os.open(self._partial_path(region, upload_id), os.O_WRONLY)
+        fd = os.open(self._partial_path(region, upload_id), os.O_WRONLY | _NOFOLLOW)
         try:
             view = memoryview(data)
             while view:
@@ -240,13 +300,14 @@ class FileStorage:
         size: int,
     ) -> None:
         partial = self._partial_path(region, upload_id)
-        if partial.stat().st_size != size:
-            raise OSError(
-                f"upload {upload_id} holds {partial.stat().st_size} "
-                f"bytes, expected {size}"
-            )
-        with open(partial, "rb+") as f:
-            os.fsync(f.fileno())
+        fd = os.open(partial, os.O_RDONLY | _NOFOLLOW)
+        try:
+            held = os.fstat(fd).st_size
+            if held != size:
+                raise OSError(f"upload {upload_id} holds {held} bytes, expected {size}")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         self._publish(region, key, partial, info, sha256, size)
 
     def abort_upload(self, region: str, key: str, upload_id: str) -> None:
@@ -258,3 +319,85 @@ class FileStorage:
         """Nothing to do here: partial files are named by upload, not key, and
         a dead daemon's are removed when storage next opens on its host."""
         return 0
+
+
+# -- reading without following links, writing the secret whole ----------------
+
+
+def _read_meta(folder: int, name: str, key: str) -> dict[str, Any] | None:
+    """An object's metadata, if it is a regular file of ours naming ``key``."""
+    fd = os.open(name, _READ, dir_fd=folder)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        raw = f.read(_MAX_META + 1)
+    try:
+        meta = json.loads(raw) if len(raw) <= _MAX_META else None
+    except ValueError:
+        return None
+    if not isinstance(meta, dict) or meta.get("key") != key:
+        return None
+    meta.setdefault("sha256", "")
+    meta.setdefault("size", None)
+    fields = ("content_type", "content_disposition", "sha256")
+    if not all(isinstance(meta.get(f), str) for f in fields):
+        return None
+    if meta["size"] is not None and type(meta["size"]) is not int:
+        return None
+    return meta
+
+
+def _read_secret(path: Path) -> bytes:
+    """The key in ``path``: a regular file only its owner may read, of at
+    least :data:`MIN_SECRET` bytes. FileNotFoundError if there is none."""
+    fix = f"delete it and archiverd will write a new one ({path}"
+    fix += ": links signed with the old one stop working), or set storage.file.secret"
+    try:
+        fd = os.open(path, _READ)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise WeakSecret(f"{path} is a symbolic link: {fix}") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise WeakSecret(f"{path} is not a regular file: {fix}")
+        if info.st_mode & 0o077:
+            raise WeakSecret(
+                f"{path} can be read by other users (mode "
+                f"{stat.S_IMODE(info.st_mode):o}): chmod 600 {path}"
+            )
+        secret = f.read(4096).strip()
+    if len(secret) < MIN_SECRET:
+        raise WeakSecret(
+            f"{path} holds {len(secret)} bytes, fewer than the {MIN_SECRET} "
+            f"a signing key needs: {fix}"
+        )
+    return secret
+
+
+def _create_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all: a temporary file, written and
+    flushed to disk, then linked into place (which never replaces a file
+    another process put there first) and the folder flushed too."""
+    temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -14,11 +14,12 @@ import botocore.session
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
-from archiverd.storage.base import ObjectInfo
+from archiverd.storage.base import MissingStorage, ObjectInfo
 
 #: CopyObject's limit; larger objects keep their sha256 out of the metadata.
 MAX_COPY_SIZE = 5 * 1024**3
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+_NO_BUCKET = {"404", "NoSuchBucket", "NotFound"}
 
 
 class S3Storage:
@@ -34,6 +35,8 @@ class S3Storage:
         session: Any = None,
         checksum: str = "crc32",
         sign_payload: bool = False,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
     ) -> None:
         self.buckets = dict(buckets)
         self.regions = tuple(buckets)
@@ -45,8 +48,13 @@ class S3Storage:
         s3_options: dict[str, Any] = {"payload_signing_enabled": sign_payload}
         if addressing_style:
             s3_options["addressing_style"] = addressing_style
+        # Every call has a deadline: an endpoint that accepts connections and
+        # never answers holds a thread for at most max_attempts times these
+        # (botocore's defaults, 60 s each, held the pool for minutes).
         self._boto_config = BotoConfig(
             signature_version="s3v4",
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
             retries={"mode": "standard", "max_attempts": max_attempts},
             max_pool_connections=max_connections,
             s3=s3_options,
@@ -77,7 +85,14 @@ class S3Storage:
 
     def check(self, region: str) -> None:
         client, bucket = self._call(region)
-        client.head_bucket(Bucket=bucket)
+        try:
+            client.head_bucket(Bucket=bucket)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in _NO_BUCKET:
+                raise MissingStorage(
+                    f"storage.s3.buckets: bucket {bucket!r} ({region}) does not exist"
+                ) from None
+            raise
 
     def exists(self, region: str, key: str) -> bool:
         client, bucket = self._call(region)
@@ -90,6 +105,8 @@ class S3Storage:
         return True
 
     def signed_url(self, region: str, key: str, expires_in: int) -> str:
+        # No request is made: botocore signs with the credentials it holds
+        # (refreshing role credentials now and then, with short timeouts).
         client, bucket = self._call(region)
         url: str = client.generate_presigned_url(
             "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_in

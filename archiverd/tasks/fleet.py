@@ -17,8 +17,9 @@ lets every daemon answer for every task:
   and aborts its uploads; one that cannot reach Redis for ``lock_ttl`` does
   the same. Before completing an upload, the holder checks the lock again.
 - **Take-over.** If the holder dies, its lock expires after ``lock_ttl``;
-  the next request for the archive, at any daemon, takes the lock, aborts the
-  dead holder's pending multipart uploads, and fetches again.
+  the next request for the archive, at any daemon, takes the lock and fetches
+  again (the task service aborts the dead holder's pending multipart uploads
+  first, as it does for every task).
 - **One limit for the fleet.** ``max_concurrent_tasks`` slots are shared
   through Redis; waiting tasks queue first come, first served, and show
   "queued (N ahead)" for the whole fleet.
@@ -28,10 +29,10 @@ lets every daemon answer for every task:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
@@ -53,8 +54,6 @@ SUCCESS_REUSE = 30.0
 RECORD_REUSE = 0.5
 LOST = "stopped: another daemon took this task over"
 
-Cleaner = Callable[[str, Sequence[str]], Awaitable[None]]
-
 
 class RedisCoordinator:
     """Claims, slots, fences and records shared by every daemon through Redis."""
@@ -69,7 +68,6 @@ class RedisCoordinator:
         *,
         keep_finished: float = 3600.0,
         lock_ttl: float = 30.0,
-        clean: Cleaner | None = None,
         queue_poll: float = QUEUE_POLL,
     ) -> None:
         self.fleet = fleet
@@ -77,7 +75,6 @@ class RedisCoordinator:
         self.keep_finished = keep_finished
         self.lock_ttl = lock_ttl
         self._beat = min(1.0, lock_ttl / 3)
-        self._clean = clean
         self._queue_poll = queue_poll
         #: When each running task last renewed its lock.
         self._kept: dict[str, float] = {}
@@ -165,28 +162,12 @@ class RedisCoordinator:
 
     async def begin(self, task: Task) -> None:
         await self.publish(task)  # pollers elsewhere see STARTED now
-        await self._clean_up_after_others(task)
 
     async def publish(self, task: Task) -> None:
         try:
             await self._keep(task)
         except FleetUnavailable:
             pass  # the heartbeat tries again, and gives up after lock_ttl
-
-    async def _clean_up_after_others(self, task: Task) -> None:
-        """Abort what a daemon that died holding this lock left pending."""
-        if self._clean is None:
-            return
-        try:
-            await self._clean(task.key, task.regions)
-        except CancelledError:
-            raise
-        except Exception as e:
-            self.log.warn(
-                "{key}: cannot look for abandoned uploads: {error}",
-                key=task.key,
-                error=str(e),
-            )
 
     async def _heartbeat(self, task: Task) -> None:
         if task.done:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
@@ -20,6 +20,12 @@ from archiverd.keys import ArchiveRequest
 SUCCESS_STATUS = wire.SUCCESS_STATUS
 #: The FAILURE status of a task cut short by the daemon stopping.
 CANCELLED = "cancelled: archiverd is stopping"
+
+
+class Line(Protocol):
+    """Where a queued task waits (:class:`archiverd.tasks.line.WaitingLine`)."""
+
+    def ahead(self, task: Task) -> int: ...
 
 
 class State(enum.Enum):
@@ -45,8 +51,6 @@ class Task:
     state: State = State.PENDING
     error: str = ""
     bytes_received: int = 0
-    #: While queued: how many tasks will start before this one.
-    ahead: int = 0
     started: float | None = None
     finished: float | None = None
     size: int | None = None
@@ -60,6 +64,13 @@ class Task:
     #: Once finished: the status body last rendered, and the URLs in it
     #: (kept here so it lives and dies with the task).
     rendered: tuple[dict[str, str], bytes] | None = field(default=None, repr=False)
+    #: While queued: the line it waits in (which counts who is ahead).
+    line: Line | None = field(default=None, repr=False)
+
+    @property
+    def ahead(self) -> int:
+        """While queued: how many tasks will start before this one."""
+        return 0 if self.line is None else self.line.ahead(self)
 
     @property
     def task_id(self) -> str:

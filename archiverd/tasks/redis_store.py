@@ -240,15 +240,16 @@ class RedisFleet:
     async def start(self) -> None:
         """Start the thread pool and see whether Redis answers; never raises
         for Redis being down (calls raise :class:`FleetUnavailable` then, and
-        work again once it is back)."""
+        work again once it is back). Redis down at start is said once, by the
+        daemon's start-up check (``Health.check_at_start``)."""
         if self._started:
             return
         self._started = True
         self._pool.start()
         try:
             await self.ping()
-        except FleetUnavailable as e:
-            self.log.warn("redis is not available yet: {error}", error=str(e))
+        except FleetUnavailable:
+            pass
         self._pinger = LoopingCall(self._ping_quietly)
         self._pinger.clock = self._clock
         d = self._pinger.start(self._ping_interval, now=False)

@@ -10,12 +10,13 @@ A task's life: claimed (:meth:`TaskService.claim`), queued until it holds a
 slot, worked (the runner streams the archive), finished, settled. What differs
 between one daemon and a fleet (claims, slots, fences, published records) is
 the coordinator's (:mod:`archiverd.tasks.coordinator`); this module has one
-queue and one definition of everything else.
+queue and one definition of everything else, including what every task does
+before it uploads: abort the uploads of its archive left pending by a daemon
+that was killed (this one before a restart, or another in a fleet).
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -30,8 +31,12 @@ from archiverd.errors import Busy, FleetUnavailable, StorageError, UpstreamError
 from archiverd.keys import ArchiveRequest
 from archiverd.ops.metrics import Metrics
 from archiverd.tasks.coordinator import Coordinator, LocalCoordinator
+from archiverd.tasks.line import WaitingLine
 from archiverd.tasks.model import CANCELLED, Runner, State, Task
 from archiverd.util.deferreds import SingleFlight
+
+#: Aborts the multipart uploads of a key left pending in some regions.
+Cleaner = Callable[[str, Sequence[str]], Awaitable[None]]
 
 
 class TaskService(Service):
@@ -49,8 +54,10 @@ class TaskService(Service):
         max_concurrent: int = 8,
         max_tasks: int = 10000,
         metrics: Metrics | None = None,
+        clean_up: Cleaner | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
+        self._clean_up = clean_up
         self._clock = clock
         self._runner = runner
         self.coordinator: Coordinator = coordinator or LocalCoordinator()
@@ -62,7 +69,7 @@ class TaskService(Service):
         self._stopping = False
         #: This daemon's tasks waiting for a slot, first come first; only
         #: the first asks the coordinator for one.
-        self._queue: deque[tuple[Task, Deferred[None]]] = deque()
+        self._line = WaitingLine()
         #: Claims in progress, by task id.
         self._claims: SingleFlight[str, str] = SingleFlight()
         self._expiry = LoopingCall(self._tick)
@@ -86,6 +93,7 @@ class TaskService(Service):
     def stopService(self) -> Deferred[Any]:
         super().stopService()
         self._stopping = True  # queued tasks are cancelled, not started
+        self._line.close()  # at once, not one renumbering per queued task
         if self._expiry.running:
             self._expiry.stop()
         running = [t.deferred for t in self._tasks.values() if t.deferred is not None]
@@ -286,30 +294,19 @@ class TaskService(Service):
     async def _wait_turn(self, task: Task) -> None:
         """Wait, first come first served, until ``task`` holds a slot.
 
-        Only the first task in the queue asks the coordinator; the others
-        wait here, behind it.
+        Only the first task in the line asks the coordinator; the others
+        wait there, behind it.
         """
-        turn: Deferred[None] = Deferred()
-        self._queue.append((task, turn))
+        line = self._line
+        turn = line.join(task)
         try:
-            if len(self._queue) > 1:
-                self._renumber(self._queue[0][0].ahead)
-                await turn  # the one ahead here took a slot, or gave up
-            await self.coordinator.take_slot(task, self.max_concurrent, self._renumber)
+            if turn is not None:
+                await turn  # the one ahead took a slot, or gave up
+            await self.coordinator.take_slot(task, self.max_concurrent, line.report)
             if self._stopping:
                 raise CancelledError()
         finally:
-            first = self._queue[0][0] is task
-            self._queue = deque(q for q in self._queue if q[0] is not task)
-            if self._queue:
-                # A new first task stands where this one stood.
-                self._renumber(task.ahead if first else self._queue[0][0].ahead)
-                if first and not self._stopping:
-                    self._queue[0][1].callback(None)
-
-    def _renumber(self, first_ahead: int) -> None:
-        for i, (waiting, _) in enumerate(self._queue):
-            waiting.ahead = first_ahead + i
+            line.leave(task)
 
     async def _work(self, task: Task) -> None:
         task.state = State.STARTED
@@ -327,6 +324,7 @@ class TaskService(Service):
 
         try:
             await self.coordinator.begin(task)
+            await self._abort_abandoned(task)
             outcome = await self._runner(task, progress)
         except CancelledError:
             self._finish(task, State.FAILURE, CANCELLED)
@@ -349,6 +347,24 @@ class TaskService(Service):
                 sha256=outcome.sha256,
                 regions=",".join(task.regions),
                 seconds=(task.finished or 0) - task.created,
+            )
+
+    async def _abort_abandoned(self, task: Task) -> None:
+        """Abort what a killed daemon left pending for this archive: a
+        SIGKILL leaves its multipart uploads behind (the bucket's lifecycle
+        rule is only the backstop). No upload of this archive is in flight
+        meanwhile: this task holds its claim."""
+        if self._clean_up is None:
+            return
+        try:
+            await self._clean_up(task.key, task.regions)
+        except CancelledError:
+            raise
+        except Exception as e:
+            self.log.warn(
+                "{key}: cannot look for abandoned uploads: {error}",
+                key=task.key,
+                error=str(e),
             )
 
     def _finish(self, task: Task, state: State, error: str = "") -> None:
@@ -374,4 +390,4 @@ class TaskService(Service):
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self._line)

@@ -18,6 +18,11 @@ Parts are completed nowhere until every region has every part. Any failure
 parts in flight, and aborts every multipart upload of the transfer, so no
 partial object is ever visible and no pending upload is left behind. An
 archive smaller than one part is stored with a single PUT per region.
+
+Nothing is completed before the body is proven whole and exactly as upstream
+sent it (:mod:`archiverd.transfer.body`): by HTTP's framing, or, for a body
+that ends when its connection closes, by its format, checked with the sha256
+as the parts arrive. Every storage call goes through :meth:`_storage_call`.
 """
 
 from __future__ import annotations
@@ -37,8 +42,6 @@ from twisted.internet.defer import (
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
-from twisted.web.http import PotentialDataLoss
 
 from archiverd.errors import StorageError, UpstreamError, UpstreamUnavailable
 from archiverd.keys import ArchiveRequest
@@ -46,11 +49,13 @@ from archiverd.ops.metrics import Metrics
 from archiverd.storage.base import ObjectInfo
 from archiverd.storage.service import StorageService
 from archiverd.tasks.model import Outcome, Task
+from archiverd.transfer.body import BodyRules
+from archiverd.transfer.client import describe_error, read_limited
+from archiverd.transfer.complete import FormatCheck
 from archiverd.transfer.cutter import PartCutter
-from archiverd.transfer.sources import REFUSALS, Source, read_limited
+from archiverd.transfer.sources import REFUSALS, Source
 from archiverd.util.deferreds import Shared, shielded
 
-_DONE = Failure(ResponseDone())
 T = TypeVar("T")
 
 
@@ -105,20 +110,14 @@ class Transfer:
         self._completed: set[str] = set()
         self._error: Failure | None = None
         self._cutter: PartCutter | None = None
+        self._rules = BodyRules(source.host, self.url, request.suffix, source.config)
+        #: Proves a body whole by its format when HTTP cannot (fed with the
+        #: sha256, in order, off the reactor thread).
+        self._format: FormatCheck | None = None
 
     async def run(self) -> Outcome:
         """Download and store; raises on any failure, leaving nothing behind."""
-        asked = self.clock.seconds() if self.clock is not None else None
-        response = await self.source.get(self.url)
-        if asked is not None and self.clock is not None:
-            self.metrics.upstream_ttfb.observe(self.clock.seconds() - asked)
-        if response.code in REFUSALS:
-            raise await self.source.refusal(response, self.url)
-        if response.code != 200:
-            await read_limited(response, 0)
-            raise UpstreamUnavailable(
-                f"{self.source.host} answered {response.code} for {self.url}"
-            )
+        response = await self._ask()
         limits = self.source.config
         cutter = self._cutter = PartCutter(
             self.part_size,
@@ -134,7 +133,7 @@ class Transfer:
         try:
             await cutter.finished
             self._raise_error()
-            self._check_body(cutter)
+            self._rules.check_ended(cutter)
             sha256 = await self._store_rest(cutter)
             return Outcome(cutter.received, sha256)
         except BaseException:
@@ -143,27 +142,29 @@ class Transfer:
             await shielded(Deferred.fromCoroutine(self._clean_up()))
             raise
 
-    def _check_body(self, cutter: PartCutter) -> None:
-        """Raise unless the body ended whole, within its limits."""
-        limits = self.source.config
-        if cutter.stopped_for == "limit":
-            raise UpstreamError(
-                f"archive exceeds {limits.max_archive_bytes} bytes "
-                f"(max_archive_bytes): {self.url}"
+    async def _ask(self) -> Any:
+        """Upstream's answer, once it is a body archiverd may store."""
+        asked = self.clock.seconds() if self.clock is not None else None
+        response = await self.source.get(self.url)
+        if asked is not None and self.clock is not None:
+            self.metrics.upstream_ttfb.observe(self.clock.seconds() - asked)
+        if response.code in REFUSALS:
+            raise await self.source.refusal(response, self.url)
+        try:
+            if response.code != 200:
+                raise UpstreamUnavailable(
+                    f"{self.source.host} answered {response.code} for {self.url}"
+                )
+            self._format = self._rules.accept(response)
+        except UpstreamError:
+            # Its body goes unread: dropped (within idle_timeout), so that
+            # the connection is not held open.
+            seconds = self.source.config.idle_timeout
+            await read_limited(
+                response, 0, clock=self.clock, idle=seconds, total=seconds
             )
-        if cutter.stopped_for == "idle":
-            raise UpstreamUnavailable(
-                f"no bytes from {self.source.host} for "
-                f"{limits.idle_timeout:g}s (idle_timeout) after "
-                f"{cutter.received} bytes of {self.url}"
-            )
-        reason = cutter.reason
-        assert reason is not None
-        if not reason.check(ResponseDone, PotentialDataLoss):
-            raise UpstreamUnavailable(
-                f"{self.source.host} broke off after {cutter.received} bytes "
-                f"of {self.url}: {_reason(reason)}"
-            )
+            raise
+        return response
 
     async def _store_rest(self, cutter: PartCutter) -> str:
         """Store what follows the last full part and make the object visible
@@ -172,6 +173,7 @@ class Transfer:
         if self._parts == 0:  # smaller than a part: one PUT per region
             self._hash(rest)
             sha256 = await self._digest()
+            self._rules.check_whole(cutter, self._format)
             await self._check_fence()
             await self._for_each_region(self._put, rest, sha256)
             return sha256
@@ -180,6 +182,7 @@ class Transfer:
         await self._drain()
         self._raise_error()
         sha256 = await self._digest()
+        self._rules.check_whole(cutter, self._format)
         await self._check_fence()
         await self._for_each_region(self._complete, cutter.received, sha256)
         return sha256
@@ -222,7 +225,8 @@ class Transfer:
     # -- parts ---------------------------------------------------------
 
     def _hash(self, data: bytes | bytearray) -> Shared[None]:
-        """Add ``data`` to the archive's sha256, after the data before it."""
+        """Add ``data`` to the archive's sha256 (and its format check), after
+        the data before it."""
         previous = self._hashed
         self._hashed = Shared(Deferred.fromCoroutine(self._hash_after(previous, data)))
         return self._hashed
@@ -230,12 +234,20 @@ class Transfer:
     async def _hash_after(self, previous: Shared[None], data: Any) -> None:
         await previous.wait()
         if self._offload is None:
-            self._hasher.update(data)
+            self._consume(data)
         else:
-            await self._offload(self._hasher.update, data)
+            await self._offload(self._consume, data)
+
+    def _consume(self, data: Any) -> None:
+        # On a pool thread: one call per part for both (zlib and hashlib let
+        # go of the GIL while they work on it).
+        self._hasher.update(data)
+        if self._format is not None:
+            self._format.feed(data)
 
     async def _digest(self) -> str:
-        """The sha256 of every byte received, once all of them are hashed."""
+        """The sha256 of every byte received, once all of them are hashed
+        (and fed to the format check)."""
         await self._hashed.wait()
         return self._hasher.hexdigest()
 
@@ -281,11 +293,10 @@ class Transfer:
 
     async def _upload_id(self, region: str) -> str:
         if region not in self._uploads:
-            self._uploads[region] = Shared(
-                Deferred.fromCoroutine(
-                    self.storage.start_upload(region, self.key, self.info)
-                )
+            start = self._storage_call(
+                region, self.storage.start_upload, region, self.key, self.info
             )
+            self._uploads[region] = Shared(Deferred.fromCoroutine(start))
         return await self._uploads[region].wait()
 
     async def _store_part(
@@ -348,7 +359,9 @@ class Transfer:
             raise
         except Exception as e:
             self.metrics.storage_errors.labels(region).inc()
-            raise StorageError(f"storage in {region} failed: {_describe(e)}") from e
+            raise StorageError(
+                f"storage in {region} failed: {describe_error(e)}"
+            ) from e
 
     async def _abort_uploads(self) -> None:
         """Abort every started, uncompleted upload, in all regions at once."""
@@ -366,25 +379,18 @@ class Transfer:
         except Exception:
             return  # never started: nothing to abort
         try:
-            await self.storage.abort_upload(region, self.key, upload_id)
-        except Exception:
-            self.log.failure(
-                "aborting the upload of {key} in {region}",
+            await self._storage_call(
+                region, self.storage.abort_upload, region, self.key, upload_id
+            )
+        except StorageError as e:
+            # Expected while storage is down; S3's lifecycle rule (or the
+            # next start of the file backend) clears what is left.
+            self.log.warn(
+                "could not abort the upload of {key} in {region}: {error}",
                 key=self.key,
                 region=region,
+                error=str(e),
             )
-
-
-def _reason(failure: Failure) -> str:
-    reasons = getattr(failure.value, "reasons", None)
-    if reasons:
-        return "; ".join(_describe(r.value) for r in reasons)
-    return _describe(failure.value)
-
-
-def _describe(e: BaseException) -> str:
-    text = str(e)
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 class Fetcher:

@@ -11,14 +11,12 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
+from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
 
 from archiverd import wire
 from archiverd.config import SourceConfig
@@ -29,6 +27,12 @@ from archiverd.errors import (
     UpstreamUnavailable,
 )
 from archiverd.keys import FULL_REV_LENGTH, ArchiveRequest, is_changeset_id
+from archiverd.transfer.client import (
+    BodyBroken,
+    BodyTimeout,
+    describe_reason,
+    read_limited,
+)
 from archiverd.util.backoff import Backoff
 from archiverd.util.deferreds import SingleFlight
 
@@ -38,45 +42,6 @@ REDIRECTS = wire.REDIRECTS
 MAX_REDIRECTS = 5
 ERROR_BODY_LIMIT = 64 * 1024
 JSON_LIMIT = 1024 * 1024
-
-_DONE = Failure(ResponseDone())
-
-
-class _LimitedReader(Protocol):
-    """Collects at most ``limit`` bytes of a body, then drops the connection."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.finished: Deferred[bytes] = Deferred()
-
-    def connectionMade(self) -> None:
-        if self.limit <= 0 and self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[attr-defined]
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.size >= self.limit:
-            return
-        self.chunks.append(data[: self.limit - self.size])
-        self.size += len(self.chunks[-1])
-        if self.size >= self.limit and self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[attr-defined]
-
-    def connectionLost(self, reason: Failure = _DONE) -> None:  # type: ignore[override]
-        body = b"".join(self.chunks)
-        if self.size >= self.limit or reason.check(ResponseDone):
-            self.finished.callback(body)
-        else:
-            self.finished.errback(reason)
-
-
-async def read_limited(response: Any, limit: int) -> bytes:
-    """At most ``limit`` bytes of a response body (a longer one is cut)."""
-    reader = _LimitedReader(limit)
-    response.deliverBody(reader)
-    return await reader.finished
-
 
 _HGWEB_ERROR = re.compile(
     rb"An error occurred while processing your request:\s*</p>\s*<p>(.*?)</p>",
@@ -209,7 +174,7 @@ class Source:
             response = await self._get_once(url, **kwargs)
             if response.code in REDIRECTS:
                 location = response.headers.getRawHeaders("location", [""])[0]
-                await read_limited(response, 0)
+                await self.drop(response)
                 target = urljoin(url, location)
                 if _origin(target) != _origin(url):
                     raise UpstreamUnavailable(
@@ -218,7 +183,7 @@ class Source:
                 url = target
                 continue
             if response.code >= 500:
-                await read_limited(response, 0)
+                await self.drop(response)
                 raise _Retryable(f"{self.host} answered {response.code} for {url}")
             return response
         raise UpstreamUnavailable(f"{self.host}: too many redirects for {url}")
@@ -250,22 +215,46 @@ class Source:
             if timer.active():
                 timer.cancel()
 
+    async def drop(self, response: Any) -> None:
+        """Drop a body unread (it gets ``idle_timeout`` to go away)."""
+        seconds = self.config.idle_timeout
+        await read_limited(response, 0, clock=self._clock, idle=seconds, total=seconds)
+
     async def check(self, timeout: float) -> None:
-        """Raise unless upstream's host answers (any HTTP answer will do)."""
+        """Raise unless upstream's host answers (any HTTP answer will do)
+        within ``timeout``, its body dropped included."""
+        d = Deferred.fromCoroutine(self._ask_host())
+        d.addTimeout(timeout, self._clock)
+        await d
+
+    async def _ask_host(self) -> None:
         scheme, netloc = self._origin_of(self.config.url_template)
-        d = self._client.get(
+        response = await self._client.get(
             f"{scheme}://{netloc}/", unbuffered=True, allow_redirects=False
         )
-        d.addTimeout(timeout, self._clock)
-        response = await d
         await read_limited(response, 0)
 
     async def refusal(self, response: Any, url: str) -> UpstreamRefused:
-        """The error to report for a 403/404/410 answer, quoting upstream."""
+        """The error to report for a 403/404/410 answer, quoting upstream.
+
+        Its page gets ``idle_timeout`` seconds in all (a page needs no
+        more); one that stalls is quoted as far as it came.
+        """
+        seconds = self.config.idle_timeout
         try:
-            body = await read_limited(response, ERROR_BODY_LIMIT)
-        except Exception:
-            body = b""
+            body = await read_limited(
+                response,
+                ERROR_BODY_LIMIT,
+                clock=self._clock,
+                idle=seconds,
+                total=seconds,
+            )
+        except BodyTimeout as e:
+            body = e.partial
+        except CancelledError:
+            raise
+        except Exception as e:
+            body = getattr(e, "partial", b"")
         return UpstreamRefused(self.host, response.code, url, error_message(body))
 
     async def resolve(self, request: ArchiveRequest) -> ArchiveRequest:
@@ -282,14 +271,30 @@ class Source:
         return request.with_rev(node)
 
     async def _lookup(self, request: ArchiveRequest) -> str:
+        """The changeset upstream says ``request.rev`` names, within
+        ``total_timeout`` in all (retries included) and ``idle_timeout``
+        between the bytes of its answer: every request for the name waits on
+        this one lookup."""
         url = self.rev_url(request)
+        limit = self.config.total_timeout
+        d = Deferred.fromCoroutine(self._ask_node(request, url))
+        d.addTimeout(limit, self._clock)
+        try:
+            return await d
+        except defer.TimeoutError:
+            raise UpstreamUnavailable(
+                f"resolving {request.rev} of {request.repo} at {url} took longer "
+                f"than {limit:g}s (total_timeout)"
+            ) from None
+
+    async def _ask_node(self, request: ArchiveRequest, url: str) -> str:
         response = await self.get(url, headers={"Accept": ["application/json"]})
         if response.code in REFUSALS:
             raise await self.refusal(response, url)
         if response.code != 200:
-            await read_limited(response, 0)
+            await self.drop(response)
             raise UpstreamUnavailable(f"{self.host} answered {response.code} for {url}")
-        body = await read_limited(response, JSON_LIMIT)
+        body = await self._read_answer(response, url)
         try:
             node = json.loads(body)["node"]
         except (ValueError, KeyError, TypeError):
@@ -300,6 +305,24 @@ class Source:
             "{rev} of {repo} is {node}", rev=request.rev, repo=request.repo, node=node
         )
         return node
+
+    async def _read_answer(self, response: Any, url: str) -> bytes:
+        """A short body (JSON), or UpstreamUnavailable saying why not."""
+        idle = self.config.idle_timeout
+        try:
+            return await read_limited(
+                response, JSON_LIMIT, clock=self._clock, idle=idle
+            )
+        except BodyTimeout as e:
+            raise UpstreamUnavailable(
+                f"no bytes from {self.host} for {idle:g}s (idle_timeout) after "
+                f"{len(e.partial)} bytes of {url}"
+            ) from None
+        except BodyBroken as e:
+            raise UpstreamUnavailable(
+                f"{self.host} broke off after {len(e.partial)} bytes of {url}: "
+                f"{describe_reason(e.reason)}"
+            ) from None
 
 
 def repo_matcher(patterns: tuple[str, ...]) -> Callable[[str], bool] | None:

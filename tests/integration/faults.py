@@ -123,6 +123,73 @@ class _UpstreamHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
+    # -- the bytes of an archive: framing, codings, stalls (see test_faults_bytes)
+
+    def _payload(self) -> bytes:
+        """The archive this upstream serves: ``archive`` if set, else the
+        deterministic body; request headers are noted for the tests."""
+        owner = self.server.owner
+        owner.request_headers.append({k.lower(): v for k, v in self.headers.items()})
+        return owner.archive if owner.archive is not None else body_bytes(owner.nbytes)
+
+    def _close(self, behaviour: str) -> None:
+        """HTTP/1.0 200 with no Content-Length: the body ends when the
+        connection does. ``close:N`` sends only the first N bytes; ``:reset``
+        then resets the connection instead of closing it."""
+        _, _, rest = behaviour.partition(":")
+        count, _, how = rest.partition(":")
+        payload = self._payload()
+        body = payload[: int(count)] if count else payload
+        self.wfile.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/x-gzip\r\n\r\n")
+        self.wfile.write(body)
+        self.wfile.flush()
+        self.close_connection = True
+        if how == "reset":
+            _reset(self.connection)
+
+    def _empty(self, behaviour: str) -> None:
+        """200 with ``Content-Length: 0``."""
+        self._payload()
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _coded(self, behaviour: str) -> None:
+        """The archive labelled ``Content-Encoding: CODING`` (not re-encoded:
+        as static hosts label a ``.tar.gz``)."""
+        body = self._payload()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-tar")
+        self.send_header("Content-Encoding", behaviour.split(":")[1])
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _headers_stall(self, behaviour: str) -> None:
+        """200 and chunked headers, then nothing until released; then the
+        connection closes without the last chunk."""
+        self._payload()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.flush()
+        self.server.owner.release.wait(60)
+        self.close_connection = True
+
+    def _error_stall(self, behaviour: str) -> None:
+        """``error_stall:CODE``: CODE promising 1000 bytes of error page, a
+        few of them, then nothing until released."""
+        code = int(behaviour.split(":")[1])
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(b"unknown revision: ")
+        self.wfile.flush()
+        self.server.owner.release.wait(60)
+        self.close_connection = True
+
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass
 
@@ -167,7 +234,10 @@ class FaultyUpstream(_Background):
     """An upstream whose answers follow a script, then are 'ok'.
 
     Behaviours: ``ok``, ``status:503``, ``reset``, ``stall_headers``,
-    ``stall_body:BYTES``, ``trickle:SECONDS``, ``short``, ``redirect:URL``.
+    ``stall_body:BYTES``, ``trickle:SECONDS``, ``short``, ``redirect:URL``;
+    for the archive's bytes: ``close[:BYTES[:reset]]``, ``empty``,
+    ``coded:CODING``, ``headers_stall``, ``error_stall:CODE`` (these serve
+    ``archive`` when set, and note each request's headers).
     """
 
     def __init__(self, script: list[str] | None = None, nbytes: int = MIB) -> None:
@@ -176,6 +246,9 @@ class FaultyUpstream(_Background):
         self.nbytes = nbytes
         self.paths: list[str] = []
         self.times: list[float] = []
+        #: What the archive behaviours serve (default: the deterministic body).
+        self.archive: bytes | None = None
+        self.request_headers: list[dict[str, str]] = []
 
     @property
     def url_template(self) -> str:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +22,40 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TWISTD = Path(sys.executable).parent / "twistd"
 
 
-def env() -> dict[str, str]:
+def env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     # The checkout itself (not an installed copy) is what runs, plugin included.
-    return {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(extra or {})}
 
 
-def twistd(*args: str, cwd: Path) -> subprocess.Popen[bytes]:
-    """Start the daemon; its output goes to cwd/twistd.out (never a full pipe)."""
+def twistd(
+    *args: str, cwd: Path, environ: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start the daemon (with ``environ`` added to the environment); its
+    output goes to cwd/twistd.out (never a full pipe)."""
     with open(cwd / "twistd.out", "wb") as out:
         return subprocess.Popen(
             [str(TWISTD), "-n", "--pidfile=", "archiverd", *args],
             cwd=cwd,
-            env=env(),
+            env=env(environ),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
 
 
 def output(proc: subprocess.Popen[bytes], cwd: Path) -> str:
-    proc.wait(timeout=30)
+    """Everything the daemon wrote, once it has exited (a daemon still
+    running after 30 s is killed, and the test fails)."""
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"still running after 30 s:\n{logged(cwd)}") from None
+    return logged(cwd)
+
+
+def logged(cwd: Path) -> str:
+    """What the daemon started in ``cwd`` has written so far."""
     return (cwd / "twistd.out").read_text()
 
 
@@ -61,7 +77,10 @@ def wait_for_port(
 
 
 def serve(
-    config: Path, cwd: Path, *options: str
+    config: Path,
+    cwd: Path,
+    *options: str,
+    environ: Mapping[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """The daemon serving ``config`` on a free loopback port, once it listens:
     (its process, its base URL)."""
@@ -73,6 +92,7 @@ def serve(
         f"tcp:{port}:interface=127.0.0.1",
         *options,
         cwd=cwd,
+        environ=environ,
     )
     try:
         wait_for_port(port, proc)
@@ -128,8 +148,17 @@ def open_url(url: str, follow: bool = True) -> tuple[int, dict[str, str], bytes]
 
 
 def write_config(
-    path: Path, template: str, buckets: Any, endpoint: str = "", extra: str = ""
+    path: Path,
+    template: str,
+    buckets: Any,
+    endpoint: str = "",
+    extra: str = "",
+    *,
+    storage: str = "",
+    s3: str = "",
 ) -> Path:
+    """An s3 config; ``extra`` goes at the top, ``storage`` and ``s3`` into
+    the [storage] and [storage.s3] tables."""
     regions = ", ".join(f'"{r}" = "{b}"' for r, b in buckets.buckets.items())
     path.write_text(
         f"""
@@ -140,11 +169,13 @@ url_template = "{template}"
 [storage]
 backend = "s3"
 signed_url_expiry = 300
+{storage}
 
 [storage.s3]
 endpoint_url = "{endpoint or buckets.endpoint_url}"
 addressing_style = "path"
 buckets = {{ {regions} }}
+{s3}
 
 [pipeline]
 part_size = 5242880

@@ -221,3 +221,30 @@ regions = ["local"]
     assert served["method"] == "GET" and served["remote"] == "127.0.0.1"
     assert isinstance(served["duration_ms"], float) and served["duration_ms"] >= 0
     assert served["agent"].startswith("Python-urllib")
+
+
+def test_a_restart_after_sigkill_aborts_the_uploads_left_pending(tmp_path, s3_buckets):
+    """SIGKILL mid-transfer leaves a multipart upload pending in every bucket
+    (nothing can run); with one daemon (no Redis), the next task for that
+    archive aborts them before it uploads, so none is left once it succeeds."""
+    with FaultyUpstream([f"stall_body:{12 * MIB}"]) as upstream:
+        config = write_config(
+            tmp_path / "archiverd.toml", upstream.url_template, s3_buckets
+        )
+        proc, _ = _start_stalled_transfer(tmp_path, config, s3_buckets)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=TIMEOUT)
+        assert all(s3_buckets.pending_uploads(r) for r in s3_buckets.buckets)
+
+        proc, base = serve(config, tmp_path)  # upstream now answers in full
+        try:
+            code, headers, _ = open_url(f"{base}/archiver/hgmo/r/0123456789ab")
+            assert code == 202
+            result = wait_for_task(headers["Location"])
+            assert result["state"] == "SUCCESS", result
+        finally:
+            terminate(proc)
+    for region in s3_buckets.buckets:
+        assert s3_buckets.pending_uploads(region) == []
+        assert s3_buckets.keys(region) == ["r-0123456789ab.tar.gz"]
+    assert "aborted 1 abandoned upload(s)" in output(proc, tmp_path)

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from twisted.python.reflect import namedAny
 from twisted.web.resource import Resource
 
+from archiverd.api.hosts import HostCheck
 from archiverd.api.site import ArchiverSite, access_log_formatter
 from archiverd.ops import logs
 from archiverd.ops.logs import (
@@ -310,6 +311,7 @@ def test_a_request_without_a_start_time_has_no_duration():
 
 class FakeAPI:
     metrics = Metrics()
+    hosts = HostCheck("https://archiver.example")
 
     def resource(self) -> Resource:
         return Resource()

@@ -58,6 +58,8 @@ class Answer:
     code: int
     headers: Any
     body: bytes
+    #: The response's Content-Length (Twisted's client keeps it off headers).
+    length: int | None = None
 
     def header(self, name: str) -> str | None:
         values = self.headers.getRawHeaders(name)
@@ -67,6 +69,10 @@ class Answer:
     def json(self) -> Any:
         assert self.header("Content-Type") == "application/json"
         return json.loads(self.body)
+
+
+def _length(response: Any) -> int | None:
+    return response.length if isinstance(response.length, int) else None
 
 
 class World:
@@ -80,6 +86,7 @@ class World:
         clock: Clock | None = None,
         max_tasks: int = 10000,
         caches: dict[str, Any] | None = None,
+        hosts: tuple[str, ...] = ("archiver.example",),
     ) -> None:
         self.clock = clock or Clock()
         if clock is None:
@@ -106,6 +113,7 @@ class World:
         self.api = ArchiverAPI(
             self.archives,
             public_url=public_url,
+            hosts=hosts,
             files=None if files is None else SignedFiles(files, self.storage.call),
             health=Health(self.storage, {"hgmo": hgmo}, self.clock),
             metrics=self.metrics,
@@ -121,9 +129,10 @@ class World:
         response = result_of(d)
         body = treq.content(response)
         self.http.flush()
-        return Answer(response.code, response.headers, result_of(body))
+        length = None if method == "HEAD" else _length(response)
+        return Answer(response.code, response.headers, result_of(body), length)
 
-    async def served(self, url: str) -> Answer:
+    async def served(self, url: str, **headers: str) -> Answer:
         """Like :meth:`get`, for a body Twisted streams from a file.
 
         Twisted's HTTP server drives a file's (pull) producer with the global
@@ -141,10 +150,12 @@ class World:
                 await deferLater(reactor, 0, lambda: None)
             return d
 
-        d = self.http.get(url, allow_redirects=False)
+        d = self.http.get(url, headers=headers or None, allow_redirects=False)
         response = result_of(await settled(d))
         body = await settled(treq.content(response))
-        return Answer(response.code, response.headers, result_of(body))
+        return Answer(
+            response.code, response.headers, result_of(body), _length(response)
+        )
 
     def store(self, key: str, regions: tuple[str, ...] = REGIONS) -> None:
         for region in regions:
@@ -178,6 +189,7 @@ def world() -> World:
         ("/archiver/hgmo/projects/ash/", "rev is empty"),
         (f"/archiver/hgmo/projects/ash/{REV}?preferred_region=a%0Ab", "control"),
         (f"/archiver/hgmo/projects/ash/{REV}?subdir=%FF", "not valid UTF-8"),
+        (f"/archiver/hgmo/projects/ash/{REV}?subdir=a&subdir=b", "more than once"),
     ],
 )
 def test_bad_input_is_a_400_with_a_json_error_and_nothing_else_happens(
@@ -262,22 +274,38 @@ def test_an_archive_not_stored_is_202_with_an_absolute_status_location(
     )
 
 
-def test_location_comes_from_the_host_header(world: World) -> None:
-    answer = world.get(f"/archiver/hgmo/projects/ash/{REV}", Host="[::1]:9000")
-    assert answer.header("Location") == (
-        f"http://[::1]:9000/archiver/status/{ASH.task_id}"
-    )
-
-
-@pytest.mark.parametrize("host", ["evil.example/x", "a b", "x@evil.example", ""])
-def test_a_malformed_host_header_is_not_echoed_into_location(
-    world: World, host: str
+@pytest.mark.parametrize(
+    ("host", "base"),
+    [
+        ("[::1]:9000", "http://[::1]:9000"),
+        ("localhost:9000", "http://localhost:9000"),
+        ("Archiver.Example", "http://Archiver.Example"),
+    ],
+)
+def test_location_comes_from_the_host_header_when_it_is_a_name_served(
+    host: str, base: str
 ) -> None:
+    world = World(hosts=("archiver.example", "::1"))
     answer = world.get(f"/archiver/hgmo/projects/ash/{REV}", Host=host)
+    assert answer.header("Location") == f"{base}/archiver/status/{ASH.task_id}"
+
+
+def test_an_empty_host_header_means_the_listening_address(world: World) -> None:
+    answer = world.get(f"/archiver/hgmo/projects/ash/{REV}", Host="")
     assert answer.code == 202
     assert answer.header("Location") == (
         f"http://127.0.0.1:8010/archiver/status/{ASH.task_id}"
     )
+
+
+@pytest.mark.parametrize("host", ["evil.example/x", "a b", "x@evil.example"])
+def test_a_malformed_host_header_is_a_400_and_never_echoed(
+    world: World, host: str
+) -> None:
+    answer = world.get(f"/archiver/hgmo/projects/ash/{REV}", Host=host)
+    assert answer.code == 400
+    assert answer.header("Location") is None
+    assert world.nothing_happened()
 
 
 def test_location_comes_from_public_url_when_set() -> None:
