@@ -84,20 +84,8 @@ class Scripted:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    clock = Clock()
-    clock.advance(1000)
-    return clock
-
-
-@pytest.fixture
 def coordinator() -> Scripted:
     return Scripted()
-
-
-@pytest.fixture
-def runner() -> FakeRunner:
-    return FakeRunner()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import pytest
 from fakes import FakeRunner, result_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,18 +25,6 @@ from archiverd.tasks.service import TaskService
 
 SRC_URL = "https://hg.example/projects/ash/archive/42bf8560b395.tar.gz"
 OUTCOME = Outcome(1234, "ab" * 32)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    clock = Clock()
-    clock.advance(1000)
-    return clock
-
-
-@pytest.fixture
-def runner() -> FakeRunner:
-    return FakeRunner()
 
 
 def submit(tasks: TaskService, clock: Clock, rev: str = "42bf8560b395") -> Task:

@@ -30,18 +30,6 @@ OUTCOME = Outcome(1234, "ab" * 32)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    clock = Clock()
-    clock.advance(1000)
-    return clock
-
-
-@pytest.fixture
-def runner() -> FakeRunner:
-    return FakeRunner()
-
-
-@pytest.fixture
 def tasks(clock: Clock, runner: FakeRunner) -> TaskService:
     return TaskService(clock, runner, keep_finished=3600)
 
