@@ -30,6 +30,7 @@ run: install
 test: install lint
 	scripts/radosgw.sh install
 	scripts/redis.sh install
+	scripts/faketime.sh install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
@@ -43,6 +44,7 @@ unit: install
 integration: install
 	scripts/radosgw.sh install
 	scripts/redis.sh install
+	scripts/faketime.sh install
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 bench: install

@@ -131,7 +131,7 @@ class Archives:
         if upstream is None:
             raise NotFound(f"unknown source {source!r}")
         wanted = upstream.request(repo, rev, suffix=suffix, subdir=subdir)
-        src_url = upstream.archive_url(wanted)  # refuses what escapes the template
+        src_url = upstream.shown_url(wanted)  # refuses what escapes the template
         storage = self.storage
         region = (
             preferred_region
@@ -149,7 +149,7 @@ class Archives:
     ) -> Redirect | Accepted:
         if wanted.is_symbolic:
             wanted = await upstream.resolve(wanted)
-            src_url = upstream.archive_url(wanted)
+            src_url = upstream.shown_url(wanted)
         key = wanted.key
         running = self.tasks.active(wanted.task_id)
         if running is not None and region in running.regions:

@@ -17,6 +17,8 @@ from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from typing import Any, TypeVar, get_type_hints
 from urllib.parse import urlsplit
 
+from archiverd.redact import redact_text
+
 MiB = 1024 * 1024
 DEFAULT_LISTEN = "tcp:8010:interface=127.0.0.1"
 DEFAULT_URL_TEMPLATE = "https://hg.mozilla.org/{repo}/archive/{rev}.{suffix}/{subdir}"
@@ -53,7 +55,8 @@ def setting(default: Any = MISSING, *, factory: Any = None, **rules: Any) -> Any
 def _http_url(name: str, url: str, _: object = None, shown: str = "") -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{name}: expected an http(s) URL, got {shown or url!r}")
+        shown = redact_text(shown or repr(url))
+        raise ConfigError(f"{name}: expected an http(s) URL, got {shown}")
     return url
 
 
@@ -63,7 +66,7 @@ def _public_url(name: str, url: str, _: object) -> str:
 
 def _template(name: str, value: str, required: set[str]) -> str:
     prefix = value.split("{", 1)[0]
-    _http_url(name, prefix + "x", shown=value)
+    _http_url(name, prefix + "x", shown=repr(value))
     if not urlsplit(prefix).path.startswith("/"):
         raise ConfigError(f"{name}: placeholders must come after the host")
     try:
@@ -85,11 +88,37 @@ def _template(name: str, value: str, required: set[str]) -> str:
 def _url_template(name: str, template: str, values: Mapping[str, Any]) -> str:
     # hgweb's archive URLs take the format; other hosts' may fix it.
     optional = {"suffix"} if values["kind"] == "template" else set()
-    return _template(name, template, {"repo", "rev", "suffix"} - optional)
+    _template(name, template, {"repo", "rev", "suffix"} - optional)
+    if "@" in urlsplit(template).netloc and "authorization" in _lower(values):
+        raise ConfigError(f"{name}: credentials in the URL and an Authorization header")
+    return template
 
 
-def _rev_template(name: str, template: str, _: object) -> str:
+def _rev_template(name: str, template: str, values: Mapping[str, Any]) -> str:
+    if "@" in urlsplit(template).netloc:
+        raise ConfigError(f"{name}: no credentials here (url_template's are used)")
     return template and _template(name, template, {"repo", "rev"})
+
+
+def _lower(values: Mapping[str, Any]) -> set[str]:
+    return {name.lower() for name in values["headers"]}
+
+
+#: Headers archiverd sets itself, or that would change what upstream sends.
+_OWN_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
+_OWN_HEADERS |= {"accept-encoding", "range", "te", "upgrade", "expect"}
+
+
+def _headers(name: str, headers: dict[str, Any], values: object) -> dict[str, str]:
+    for header, value in headers.items():
+        key = f"{name}.{header}"
+        if not re.match(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z", header):
+            raise ConfigError(f"{key}: bad header name")
+        if header.lower() in _OWN_HEADERS:
+            raise ConfigError(f"{key}: archiverd sets this header itself")
+        if not isinstance(value, str) or re.search(r"[\r\n\0]", value):
+            raise ConfigError(f"{key}: expected one line of text or {{ env = NAME }}")
+    return headers
 
 
 def _buckets(name: str, buckets: dict[str, Any], _: object) -> dict[str, Any]:
@@ -147,10 +176,14 @@ class SourceConfig:
     #: Repo patterns served ("*" within a path segment, "**" across them);
     #: empty: every repo.
     repos: tuple[str, ...] = setting((), each=_REPO)
+    #: Sent with every request upstream (e.g. Authorization, PRIVATE-TOKEN);
+    #: a value may be { env = "NAME" }. Never shown, like url_template's
+    #: userinfo (sent as Basic auth) and secret query values.
+    headers: Mapping[str, str] = setting(factory=dict, check=_headers)
 
     @property
     def host(self) -> str:
-        """The upstream host name (for logs and metrics)."""
+        """The upstream host name (for logs and metrics, never credentials)."""
         return urlsplit(self.url_template).hostname or ""
 
     @property
@@ -415,11 +448,24 @@ def _subtable(raw: dict[str, Any], *keys: str) -> dict[str, Any]:
 
 
 def apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
-    """Honour the old service's settings, which override the file's values.
+    """Honour the old service's settings, which override the file's values,
+    and fill in header values given as ``{ env = "NAME" }``.
 
     ``ARCHIVER_S3_BUCKETS`` also selects the s3 backend, unless the file
     names a backend itself.
     """
+    sources = raw.get("sources", {})
+    for source, table in sources.items() if isinstance(sources, dict) else ():
+        headers = table.get("headers") if isinstance(table, dict) else None
+        if not isinstance(headers, dict):
+            continue
+        for header, value in headers.items():
+            if isinstance(value, dict) and value.keys() == {"env"}:
+                variable = str(value["env"])
+                if not environ.get(variable):
+                    key = f"sources.{source}.headers.{header}"
+                    raise ConfigError(f"{key}: environment variable {variable} unset")
+                headers[header] = environ[variable]
     template = environ.get("ARCHIVER_HGMO_URL_TEMPLATE")
     if template:
         _subtable(raw, "sources", "hgmo")["url_template"] = template

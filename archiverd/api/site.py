@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException
 from archiverd.api.channel import GuardedChannel
 from archiverd.api.hosts import HostCheck
 from archiverd.api.render import json_body
-from archiverd.ops.logs import has_secret, redact
+from archiverd.redact import has_secret, redact
 
 if TYPE_CHECKING:
     from archiverd.api.web import ArchiverAPI

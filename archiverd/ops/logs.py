@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import socket
 import sys
 import time
@@ -32,52 +31,7 @@ from twisted.python.reflect import safe_repr
 from twisted.web.server import Request
 from zope.interface import implementer
 
-# -- secrets in URLs ------------------------------------------------------
-
-#: Query parameters whose values are secret: archiverd's own ``signature``,
-#: S3's ``Signature``/``AWSAccessKeyId`` (SigV2) and ``X-Amz-Signature``,
-#: ``X-Amz-Credential``, ``X-Amz-Security-Token`` (SigV4). A value ends at
-#: ``&``, white space, a quote or a backslash (which end it in a JSON line or
-#: a repr, and never occur in a real one).
-_SECRET = rb"(signature|credential|security-token|awsaccesskeyid)=[^&\s\"'\\]*"
-_SECRET_BYTES = re.compile(_SECRET, re.I)
-_SECRET_TEXT = re.compile(_SECRET.decode(), re.I)
-
-
-def has_secret(text: bytes) -> bool:
-    """A cheap first test, true for anything :func:`redact` would change
-    (most lines, every hit and poll, carry no secret)."""
-    lower = text.lower()
-    return (
-        b"signature=" in lower
-        or b"credential=" in lower
-        or b"token=" in lower
-        or b"accesskeyid=" in lower
-    )
-
-
-def redact(text: bytes) -> bytes:
-    """``text`` with the value of every secret query parameter replaced by
-    ``REDACTED``."""
-    return _SECRET_BYTES.sub(rb"\1=REDACTED", text)
-
-
-def _has_secret_text(text: str) -> bool:
-    lower = text.lower()
-    return (
-        "signature=" in lower
-        or "credential=" in lower
-        or "token=" in lower
-        or "accesskeyid=" in lower
-    )
-
-
-def redact_text(text: str) -> str:
-    """:func:`redact` for text."""
-    if not _has_secret_text(text):
-        return text
-    return _SECRET_TEXT.sub(r"\1=REDACTED", text)
-
+from archiverd.redact import redact_text
 
 # -- the JSON observer ----------------------------------------------------
 

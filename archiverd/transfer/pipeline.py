@@ -97,6 +97,8 @@ class Transfer:
         self.request = request
         self.key = request.key
         self.url = source.archive_url(request)
+        #: The URL as errors and logs show it (no credentials).
+        self.shown_url = source.shown_url(request)
         self.regions = tuple(regions)
         self.info = ObjectInfo(request.content_type, request.filename)
         self.part_size = part_size
@@ -110,7 +112,9 @@ class Transfer:
         self._completed: set[str] = set()
         self._error: Failure | None = None
         self._cutter: PartCutter | None = None
-        self._rules = BodyRules(source.host, self.url, request.suffix, source.config)
+        self._rules = BodyRules(
+            source.host, self.shown_url, request.suffix, source.config
+        )
         #: Proves a body whole by its format when HTTP cannot (fed with the
         #: sha256, in order, off the reactor thread).
         self._format: FormatCheck | None = None
@@ -153,7 +157,7 @@ class Transfer:
         try:
             if response.code != 200:
                 raise UpstreamUnavailable(
-                    f"{self.source.host} answered {response.code} for {self.url}"
+                    f"{self.source.host} answered {response.code} for {self.shown_url}"
                 )
             self._format = self._rules.accept(response)
         except UpstreamError:
@@ -440,5 +444,6 @@ class Fetcher:
             return await run
         except defer.TimeoutError:
             raise UpstreamUnavailable(
-                f"fetching {transfer.url} took longer than {limit:g}s (total_timeout)"
+                f"fetching {transfer.shown_url} took longer than {limit:g}s "
+                "(total_timeout)"
             ) from None

@@ -33,6 +33,7 @@ from archiverd.transfer.client import (
     describe_reason,
     read_limited,
 )
+from archiverd.transfer.credentials import Credentials
 from archiverd.util.backoff import Backoff
 from archiverd.util.deferreds import SingleFlight
 
@@ -82,8 +83,11 @@ class Source:
         self.name = config.name
         self.host = config.host
         self._client = client
+        #: URL templates without userinfo; headers that authenticate.
+        self.credentials = Credentials.of(config)
         self._resolving: SingleFlight[tuple[str, str], str] = SingleFlight()
         self._archive_urls: dict[ArchiveRequest, str] = {}
+        self._shown_urls: dict[ArchiveRequest, str] = {}
         self._template_kind = config.kind == "template"
         self._serves_subdirs = "{subdir}" in config.url_template
         self._allowed = repo_matcher(config.repos)
@@ -134,15 +138,29 @@ class Source:
         """Where upstream serves this archive (remembered: hits ask often)."""
         url = self._archive_urls.get(request)
         if url is None:
-            url = self._url(self.config.url_template, request)
+            url = self._url(self.credentials.url_template, request)
             if len(self._archive_urls) >= 10_000:
                 self._archive_urls.clear()
             self._archive_urls[request] = url
         return url
 
+    def shown_url(self, request: ArchiveRequest) -> str:
+        """:meth:`archive_url` as statuses and logs show it: no credentials."""
+        url = self._shown_urls.get(request)
+        if url is None:
+            url = self.credentials.shown(self.archive_url(request))
+            if len(self._shown_urls) >= 10_000:
+                self._shown_urls.clear()
+            self._shown_urls[request] = url
+        return url
+
+    def shown(self, url: str) -> str:
+        """Any URL of this source's as it may be shown: no credentials."""
+        return self.credentials.shown(url)
+
     def rev_url(self, request: ArchiveRequest) -> str:
         """Where upstream tells which changeset a rev names (hgweb's json-rev)."""
-        return self._url(self.config.resolved_rev_url_template, request)
+        return self._url(self.credentials.rev_url_template, request)
 
     async def get(self, url: str, **kwargs: Any) -> Any:
         """GET from upstream: the first answer that is neither a 5xx nor a redirect.
@@ -178,19 +196,31 @@ class Source:
                 target = urljoin(url, location)
                 if _origin(target) != _origin(url):
                     raise UpstreamUnavailable(
-                        f"{self.host} redirected {url} to another host: not followed"
+                        f"{self.host} redirected {self.shown(url)} to another "
+                        "host: not followed"
                     )
                 url = target
                 continue
             if response.code >= 500:
                 await self.drop(response)
-                raise _Retryable(f"{self.host} answered {response.code} for {url}")
+                raise _Retryable(
+                    f"{self.host} answered {response.code} for {self.shown(url)}"
+                )
             return response
-        raise UpstreamUnavailable(f"{self.host}: too many redirects for {url}")
+        raise UpstreamUnavailable(
+            f"{self.host}: too many redirects for {self.shown(url)}"
+        )
 
-    async def _get_once(self, url: str, **kwargs: Any) -> Any:
+    async def _get_once(
+        self, url: str, headers: dict[str, list[str]] | None = None
+    ) -> Any:
         timeout = self.config.headers_timeout
-        d = self._client.get(url, unbuffered=True, allow_redirects=False, **kwargs)
+        d = self._client.get(
+            url,
+            headers=self.credentials.with_headers(headers),
+            unbuffered=True,
+            allow_redirects=False,
+        )
         timed_out = []
 
         def expire() -> None:
@@ -204,12 +234,13 @@ class Source:
             if timed_out:
                 raise UpstreamUnavailable(
                     f"no answer from {self.host} within {timeout:g}s "
-                    f"(headers_timeout) for {url}"
+                    f"(headers_timeout) for {self.shown(url)}"
                 ) from None
             if _cancelled(e):
                 raise CancelledError() from e  # the task is being stopped
             raise _Retryable(
-                f"cannot reach {self.host} for {url}: {_describe(e)}"
+                f"cannot reach {self.host} for {self.shown(url)}: "
+                + self.shown(_describe(e))
             ) from e
         finally:
             if timer.active():
@@ -228,9 +259,12 @@ class Source:
         await d
 
     async def _ask_host(self) -> None:
-        scheme, netloc = self._origin_of(self.config.url_template)
+        scheme, netloc = self._origin_of(self.credentials.url_template)
         response = await self._client.get(
-            f"{scheme}://{netloc}/", unbuffered=True, allow_redirects=False
+            f"{scheme}://{netloc}/",
+            headers=self.credentials.with_headers(None),
+            unbuffered=True,
+            allow_redirects=False,
         )
         await read_limited(response, 0)
 
@@ -255,7 +289,9 @@ class Source:
             raise
         except Exception as e:
             body = getattr(e, "partial", b"")
-        return UpstreamRefused(self.host, response.code, url, error_message(body))
+        return UpstreamRefused(
+            self.host, response.code, self.shown(url), self.shown(error_message(body))
+        )
 
     async def resolve(self, request: ArchiveRequest) -> ArchiveRequest:
         """Pin a symbolic rev (tag, bookmark, branch) to its changeset.
@@ -283,8 +319,8 @@ class Source:
             return await d
         except defer.TimeoutError:
             raise UpstreamUnavailable(
-                f"resolving {request.rev} of {request.repo} at {url} took longer "
-                f"than {limit:g}s (total_timeout)"
+                f"resolving {request.rev} of {request.repo} at {self.shown(url)} "
+                f"took longer than {limit:g}s (total_timeout)"
             ) from None
 
     async def _ask_node(self, request: ArchiveRequest, url: str) -> str:
@@ -293,14 +329,18 @@ class Source:
             raise await self.refusal(response, url)
         if response.code != 200:
             await self.drop(response)
-            raise UpstreamUnavailable(f"{self.host} answered {response.code} for {url}")
+            raise UpstreamUnavailable(
+                f"{self.host} answered {response.code} for {self.shown(url)}"
+            )
         body = await self._read_answer(response, url)
         try:
             node = json.loads(body)["node"]
         except (ValueError, KeyError, TypeError):
             node = None
         if not isinstance(node, str) or not is_changeset_id(node):
-            raise UpstreamUnavailable(f"{self.host} gave no changeset for {url}")
+            raise UpstreamUnavailable(
+                f"{self.host} gave no changeset for {self.shown(url)}"
+            )
         self.log.debug(
             "{rev} of {repo} is {node}", rev=request.rev, repo=request.repo, node=node
         )
@@ -316,12 +356,12 @@ class Source:
         except BodyTimeout as e:
             raise UpstreamUnavailable(
                 f"no bytes from {self.host} for {idle:g}s (idle_timeout) after "
-                f"{len(e.partial)} bytes of {url}"
+                f"{len(e.partial)} bytes of {self.shown(url)}"
             ) from None
         except BodyBroken as e:
             raise UpstreamUnavailable(
-                f"{self.host} broke off after {len(e.partial)} bytes of {url}: "
-                f"{describe_reason(e.reason)}"
+                f"{self.host} broke off after {len(e.partial)} bytes of "
+                f"{self.shown(url)}: {describe_reason(e.reason)}"
             ) from None
 
 

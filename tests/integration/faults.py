@@ -45,6 +45,10 @@ class _UpstreamHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         upstream = self.server.owner
+        with upstream._lock:
+            upstream.seen_headers.append(
+                {k.lower(): v for k, v in self.headers.items()}
+            )
         behaviour = upstream.next_behaviour(self.path)
         getattr(self, "_" + behaviour.split(":")[0])(behaviour)
 
@@ -249,6 +253,8 @@ class FaultyUpstream(_Background):
         #: What the archive behaviours serve (default: the deterministic body).
         self.archive: bytes | None = None
         self.request_headers: list[dict[str, str]] = []
+        #: Every request's headers, whatever its behaviour.
+        self.seen_headers: list[dict[str, str]] = []
 
     @property
     def url_template(self) -> str:

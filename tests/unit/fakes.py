@@ -154,6 +154,8 @@ class FakeSource:
             f"https://hg.example/{request.repo}/archive/{request.rev}.{request.suffix}"
         )
 
+    shown_url = archive_url
+
     async def get(self, url: str) -> FakeResponse:
         self.requested.append(url)
         if isinstance(self.response, Deferred):
@@ -474,9 +476,17 @@ class ScriptedUpstream(Resource):
         super().__init__()
         self.answers = list(answers)
         self.requests: list[str] = []
+        #: Each request's headers (names in lower case, first values).
+        self.headers: list[dict[str, str]] = []
 
     def render_GET(self, request: Any) -> Any:  # noqa: N802 (Twisted API)
         self.requests.append(request.uri.decode())
+        self.headers.append(
+            {
+                name.decode().lower(): values[0].decode()
+                for name, values in request.requestHeaders.getAllRawHeaders()
+            }
+        )
         answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
         if answer is HANG:
             return NOT_DONE_YET

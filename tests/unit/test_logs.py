@@ -27,12 +27,11 @@ from archiverd.ops.logs import (
     MozlogObserver,
     RequestLog,
     TimedRequest,
-    has_secret,
     mozlog_line,
-    redact,
     use_json_logs,
 )
 from archiverd.ops.metrics import Metrics
+from archiverd.redact import has_secret, redact
 from archiverd.tap import Options
 
 SECRET_URI = (
