@@ -18,13 +18,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from archiverd import wire
-from archiverd.errors import Busy, FleetUnavailable, NotFound
+from archiverd.errors import Busy, FleetUnavailable, NotFound, UpstreamRefused
 from archiverd.keys import MAX_NAME_LENGTH, ArchiveRequest, key_for_task_id, parse_key
+from archiverd.ops.metrics import Metrics
 from archiverd.storage.service import StorageService
 from archiverd.tasks.model import SUCCESS_STATUS, State, Task
 from archiverd.tasks.service import TaskService
@@ -97,7 +98,9 @@ class Archives:
         clock: IReactorTime,
         *,
         signed_url_expiry: int = 300,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.sources = sources
         self.storage = storage
         self.tasks = tasks
@@ -118,12 +121,19 @@ class Archives:
         suffix: str = "tar.gz",
         subdir: str = "",
         preferred_region: str = "",
+        hold: float = 0.0,
+        poll_refusals: bool = False,
     ) -> Redirect | Deferred[Redirect | Accepted]:
         """Where the client should go for this archive.
 
         A hit whose answer is cached (the key known stored, a fresh signed
         URL) is answered now; anything else asks storage, and starts or joins
-        a task when the archive is missing in the region asked for. Raises
+        a task when the archive is missing in the region asked for. Then the
+        answer waits up to ``hold`` seconds for that task (when this daemon
+        runs it): stored by then, it is the redirect a stored archive gets.
+        With ``poll_refusals``, a name upstream does not know becomes a
+        failed task to poll (for clients that learn of failures only so).
+        Raises
         :class:`NotFound` for an unknown source, and what the source raises
         for a request it refuses.
         """
@@ -142,19 +152,33 @@ class Archives:
             url = storage.cached_signed_url(region, wanted.key, self.signed_url_expiry)
             if url is not None:
                 return Redirect(url)
-        return Deferred.fromCoroutine(self._locate(upstream, wanted, src_url, region))
+        return Deferred.fromCoroutine(
+            self._locate(upstream, wanted, src_url, region, hold, poll_refusals)
+        )
 
     async def _locate(
-        self, upstream: Source, wanted: ArchiveRequest, src_url: str, region: str
+        self,
+        upstream: Source,
+        wanted: ArchiveRequest,
+        src_url: str,
+        region: str,
+        hold: float = 0.0,
+        poll_refusals: bool = False,
     ) -> Redirect | Accepted:
         if wanted.is_symbolic:
-            wanted = await upstream.resolve(wanted)
+            try:
+                wanted = await upstream.resolve(wanted)
+            except UpstreamRefused as e:
+                if not poll_refusals:
+                    raise
+                task = self.tasks.refused(wanted, src_url, upstream.host, e)
+                return Accepted(task.task_id)
             src_url = upstream.shown_url(wanted)
         key = wanted.key
         running = self.tasks.active(wanted.task_id)
         if running is not None and region in running.regions:
             # Being fetched into this region right now: no storage call needed.
-            return Accepted(wanted.task_id)
+            return await self._held(wanted.task_id, region, hold)
         since, stored = await self._look(key)
         missing = [r for r in self.regions if r not in stored]
         if region not in missing:
@@ -167,6 +191,26 @@ class Archives:
             since,
             stored_in=lambda: self._stored_in(key),
         )
+        return await self._held(task_id, region, hold)
+
+    async def _held(
+        self, task_id: str, region: str, seconds: float
+    ) -> Redirect | Accepted:
+        """Wait up to ``seconds`` for this daemon's task to finish: the
+        redirect if it stored the archive, else the task to poll."""
+        task = self.tasks.get(task_id) if seconds > 0 else None
+        if task is None:
+            return Accepted(task_id)
+        held = self.metrics.held
+        try:
+            await self.tasks.settled(task, seconds)
+        except CancelledError:
+            held.labels("gone").inc()
+            raise
+        if task.state is State.SUCCESS:
+            held.labels("stored").inc()
+            return Redirect(await self._signed_url(region, task.key))
+        held.labels("failed" if task.done else "waiting").inc()
         return Accepted(task_id)
 
     def _look(self, key: str) -> Deferred[tuple[float, list[str]]]:
@@ -223,13 +267,19 @@ class Archives:
 
     # -- what is this task's status ---------------------------------------------
 
-    def status(self, task_id: str) -> Status | Deferred[Status]:
+    def status(self, task_id: str, wait: float = 0.0) -> Status | Deferred[Status]:
         """The status of ``task_id``: this daemon's task, another daemon's
         (in a fleet), one from before a restart (storage knows whether it
         succeeded), or unknown. Answered now when no I/O is needed; URLs are
         signed at poll time (or reused while most of their validity
-        remains), so they are never stale."""
+        remains), so they are never stale. With ``wait``, an unfinished task
+        of this daemon's is answered when it finishes, or after ``wait``
+        seconds (a long poll)."""
         task = self.tasks.get(task_id)
+        if task is not None and wait > 0 and not task.done:
+            return self.tasks.settled(task, wait).addCallback(
+                lambda _: self.status(task_id)
+            )
         if task is not None:
             urls = (
                 {} if task.state is not State.SUCCESS else self._cached_urls(task.key)

@@ -1,8 +1,9 @@
 """Configuration: a TOML file, the old service's environment settings, defaults.
 
-Each setting is declared once, as a dataclass field with its default, type and
-rules (:func:`setting`). Every problem is a :class:`ConfigError` whose message
-is one line naming the key, so that start-up fails with one clear line.
+Each setting is declared here once, as a dataclass field with its default,
+type and rules (:func:`~archiverd.schema.setting`; :mod:`archiverd.schema`
+reads them). Every problem is a :class:`ConfigError` whose message is one line
+naming the key, so that start-up fails with one clear line.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import operator
 import re
 import string
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
-from typing import Any, TypeVar, get_type_hints
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from archiverd.redact import redact_text
+from archiverd.schema import ConfigError, Table, setting
+
+__all__ = ["Config", "ConfigError", "load", "parse", "setting"]
 
 MiB = 1024 * 1024
 DEFAULT_LISTEN = "tcp:8010:interface=127.0.0.1"
@@ -28,27 +32,6 @@ MAX_PART_SIZE = 5 * 1024 * MiB
 _REGION = (r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z", "bad region name")
 #: Segments of printable characters other than "/" and "\\", joined by "/".
 _REPO = (r"[^/\\\s]+(/[^/\\\s]+)*\Z", "bad repo pattern")
-_RULES = set("low high choices expected each refuse required_for only_for".split())
-_RULES |= {"check", "read"}
-
-
-class ConfigError(Exception):
-    """A configuration problem; the message names the key."""
-
-
-def setting(default: Any = MISSING, *, factory: Any = None, **rules: Any) -> Any:
-    """A config field: its default (or ``factory``) and the rules for its key.
-
-    On the file's value: ``low``/``high``, ``choices`` (``expected`` rewords the
-    refusal), ``each=(regex, why)``, ``refuse=(predicate, why)``. Then, on the
-    file's value or the default: ``required_for=(key, value)``, ``only_for=(key,
-    value[, why])``, ``check(dotted key, value, values)`` (returns the value kept;
-    not run on None). ``read(table, default)`` reads a whole table."""
-    if not rules.keys() <= _RULES:
-        raise TypeError(f"unknown rules {sorted(rules.keys() - _RULES)}")
-    if factory is not None:
-        return field(default_factory=factory, metadata=rules)
-    return field(default=default, metadata=rules)
 
 
 # Checks: (dotted key, the value, the table's values) -> the value kept.
@@ -278,6 +261,18 @@ class TasksConfig:
     max_concurrent_tasks: int = setting(8, low=1, high=1024)
     #: Tasks the table holds; when all are unfinished, requests get 503.
     max_tasks: int = setting(10000, low=1, high=10_000_000)
+    #: Seconds a request that starts or joins a task waits for it to store
+    #: the archive (then 302) before the usual 202; 0: 202 at once.
+    hold: float = setting(5.0, low=0, high=600)
+    #: The longest ``Prefer: wait=N`` honoured, in seconds.
+    max_wait: float = setting(60.0, low=0, high=3600)
+    #: User-Agent patterns ("*" any run of characters) of clients that stop
+    #: polling only on SUCCESS (RelengAPI's archiver_client.py): a permanent
+    #: failure reaches them as SUCCESS with no s3_urls, as the old service
+    #: answered, and a transient one as a 503 that makes them ask again.
+    legacy_clients: tuple[str, ...] = setting(
+        ("Python-urllib/2.*",), each=(r"[\x20-\x7e]{1,200}\Z", "bad pattern")
+    )
 
 
 @dataclass(frozen=True)
@@ -297,7 +292,7 @@ class CoordinationConfig:
     timeout: float = setting(2.0, low=0.1, high=60)
 
 
-def _sources(table: _Table, default: dict[str, SourceConfig]) -> Mapping[str, Any]:
+def _sources(table: Table, default: dict[str, SourceConfig]) -> Mapping[str, Any]:
     """[sources.NAME] tables (each checked, even if not enabled), and defaults."""
     sources = {}
     for name in list(table.raw):
@@ -339,103 +334,9 @@ class Config:
     coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
 
 
-#: For each field type: the TOML type it is read from, and how it is kept.
-_KINDS: dict[Any, tuple[type | tuple[type, ...], Callable[[Any], Any]]] = {
-    str: (str, str),
-    str | None: (str, str),
-    bool: (bool, bool),
-    int: (int, int),
-    float: ((int, float), float),
-    tuple[str, ...]: (list, tuple),
-    Mapping[str, str]: (dict, dict),
-}
-_T = TypeVar("_T")
-
-
-class _Table:
-    """One TOML table being read into a config dataclass, by its fields' rules."""
-
-    def __init__(self, raw: Any, path: str) -> None:
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path or 'config'}: expected a table")
-        self.raw = dict(raw)
-        self.given = frozenset(raw)
-        self.path = path
-
-    def name(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def take(self, key: str, kind: type | tuple[type, ...]) -> Any:
-        value = self.raw.pop(key)
-        if isinstance(value, bool) and kind in (int, float, (int, float)):
-            raise ConfigError(f"{self.name(key)}: expected a number, got {value!r}")
-        if not isinstance(value, kind):
-            want = kind.__name__ if isinstance(kind, type) else "a number"
-            raise ConfigError(f"{self.name(key)}: expected {want}, got {value!r}")
-        return value
-
-    def table(self, key: str) -> _Table:
-        return _Table(self.raw.pop(key, {}), self.name(key))
-
-    def read(self, cls: type[_T], **fixed: Any) -> _T:
-        """``cls`` from each field's own rules, then those about other keys."""
-        specs = fields(cls)  # type: ignore[arg-type]
-        # The annotations are strings (postponed evaluation) until resolved.
-        kinds = get_type_hints(cls)
-        values = dict(fixed)
-        for spec in specs:
-            if spec.name not in values:
-                values[spec.name] = self.value(spec, kinds[spec.name])
-        for spec in specs:
-            values[spec.name] = self.check(spec, values)
-        for key in self.raw:
-            raise ConfigError(f"{self.name(key)}: unknown key")
-        return cls(**values)
-
-    def value(self, spec: Field[Any], kind: Any) -> Any:
-        """One field's value: the file's, by its type and own rules, or the default."""
-        factory, rules = spec.default_factory, spec.metadata
-        default = spec.default if factory is MISSING else factory()
-        if "read" in rules:
-            return rules["read"](self.table(spec.name), default)
-        if is_dataclass(kind):
-            return self.table(spec.name).read(kind)  # type: ignore[arg-type]
-        toml_type, keep = _KINDS[kind]
-        if spec.name not in self.raw:
-            return default
-        name, value = self.name(spec.name), self.take(spec.name, toml_type)
-        low, high = rules.get("low"), rules.get("high")
-        if low is not None and not low <= value <= high:
-            raise ConfigError(f"{name}: must be between {low} and {high}")
-        if rules.get("choices") and value not in rules["choices"]:
-            expected = rules.get("expected") or " or ".join(map(repr, rules["choices"]))
-            raise ConfigError(f"{name}: expected {expected}")
-        pattern, why = rules.get("each", ("", ""))
-        for item in value if pattern else ():
-            if not isinstance(item, str) or not re.match(pattern, item):
-                raise ConfigError(f"{name}: {why} {item!r}")
-        refused, why = rules.get("refuse", (None, ""))
-        if refused and refused(value):
-            raise ConfigError(f"{name}: {why}")
-        return keep(value)
-
-    def check(self, spec: Field[Any], values: dict[str, Any]) -> Any:
-        """One field's value, by the rules that look at the table's other values."""
-        name, value, rules = self.name(spec.name), values[spec.name], spec.metadata
-        other, wanted = rules.get("required_for", ("", None))
-        if other and values[other] == wanted and spec.name not in self.given:
-            raise ConfigError(f"{name}: required for {other} {wanted!r}")
-        other, wanted, *why = rules.get("only_for", ("", None))
-        if other and value and values[other] != wanted:
-            reason = "".join(f" ({w})" for w in why)
-            raise ConfigError(f"{name}: only for {other} {wanted!r}{reason}")
-        check = rules.get("check")
-        return check(name, value, values) if check and value is not None else value
-
-
 def parse(raw: Mapping[str, Any]) -> Config:
     """Build a :class:`Config` from a parsed TOML document."""
-    return _Table(raw, "").read(Config)
+    return Table(raw, "").read(Config)
 
 
 def _subtable(raw: dict[str, Any], *keys: str) -> dict[str, Any]:

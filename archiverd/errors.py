@@ -18,6 +18,10 @@ class Forbidden(Exception):
 class UpstreamError(Exception):
     """Upstream could not give the archive; the message is for people."""
 
+    #: True when asking again cannot help (the archive does not exist, or
+    #: is too large): what old clients are told as the old service told them.
+    permanent = False
+
 
 class UpstreamRefused(UpstreamError):
     """Upstream answered that the archive does not exist (404, 403, 410).
@@ -25,11 +29,19 @@ class UpstreamRefused(UpstreamError):
     Retrying will not help; clients see upstream's own words.
     """
 
+    permanent = True
+
     def __init__(self, host: str, code: int, url: str, message: str) -> None:
         self.code = code
         self.url = url
         text = f"{host} answered {code} for {url}"
         super().__init__(f"{text}: {message}" if message else text)
+
+
+class TooLarge(UpstreamError):
+    """The archive exceeds the source's ``max_archive_bytes``."""
+
+    permanent = True
 
 
 class UpstreamUnavailable(UpstreamError):

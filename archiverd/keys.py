@@ -2,7 +2,13 @@
 
 A storage key is ``{repo}-{rev}.{suffix}``, plus ``/{subdir}`` when a subdir is
 given, as the service archiverd replaces named them:
-``projects/ash-42bf8560b395.tar.gz/testing/mozharness``.
+``projects/ash-42bf8560b395.tar.gz/testing/mozharness``. ``rev`` is the rev in
+the form the client asked for it, as hgweb names the archive's top folder
+after it: a 12-digit id keeps the old key; a 40-digit id (which the old
+service cut to 12, so that its clients found no folder they knew) has its own
+key, ``ash-<40 hex>.tar.gz``. A name (branch, tag, bookmark) adds the
+changeset it named when asked: ``projects/ash-default@42bf8560b395.tar.gz``.
+``tip`` is asked for as its changeset's 12 digits.
 
 A task id is the key with ``/`` replaced by ``_``:
 ``projects_ash-42bf8560b395.tar.gz_testing_mozharness``. So that a task id
@@ -19,6 +25,7 @@ share a key: ``@github/mozilla/gecko-dev-<40 hex>.tar.gz``.
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import re
 import unicodedata
@@ -91,9 +98,14 @@ def is_changeset_id(rev: str) -> bool:
 class ArchiveRequest:
     """A validated request for one archive of one source.
 
-    ``rev`` is either a changeset id cut to 12 hex digits, or a symbolic name
-    (tag, bookmark, branch) that must be resolved (:meth:`with_rev`) before the
-    request names an archive.
+    ``rev`` is the rev as the client asked for it: a changeset id (of any
+    length, kept whole: hgweb names the archive's top folder after it), or a
+    symbolic name (tag, bookmark, branch) that must be resolved
+    (:meth:`with_rev`) before the request names an archive. A resolved name
+    keeps its form, and ``node`` holds the 12 digits of the changeset it named
+    when it was asked: its key is ``{repo}-{name}@{node}.{suffix}``, so a
+    name's archive holds hgweb's ``<basename>-<name>/`` folder and is never
+    served stale (the next push makes another key).
     """
 
     source: str
@@ -101,6 +113,8 @@ class ArchiveRequest:
     rev: str
     suffix: str = "tar.gz"
     subdir: str = ""
+    #: For a rev asked for by name: the changeset it named (12 hex digits).
+    node: str = ""
 
     @classmethod
     def parse(
@@ -110,14 +124,8 @@ class ArchiveRequest:
         rev: str,
         suffix: str = "tar.gz",
         subdir: str = "",
-        *,
-        cut: bool = True,
     ) -> ArchiveRequest:
-        """Validate raw input; raise :class:`BadRequest` with a clear message.
-
-        ``cut``: shorten a changeset id to 12 digits (Mercurial's short form);
-        sources that want full commit ids keep them whole.
-        """
+        """Validate raw input; raise :class:`BadRequest` with a clear message."""
         if suffix not in CONTENT_TYPES:
             raise BadRequest(
                 f"unsupported suffix {suffix!r}: use one of "
@@ -133,27 +141,32 @@ class ArchiveRequest:
         subdir = subdir.rstrip("/") if subdir.strip("/") else subdir
         if subdir:
             _check_name("subdir", subdir, path=True)
-        if cut and is_changeset_id(rev):
-            rev = rev[:SHORT_REV_LENGTH]
         return cls(source, repo, rev, suffix, subdir)
 
     @property
     def is_symbolic(self) -> bool:
-        """True when ``rev`` names a moving target that must be resolved."""
-        return not is_changeset_id(self.rev)
+        """True when ``rev`` names a moving target not yet resolved."""
+        return not self.node and not is_changeset_id(self.rev)
 
     def with_rev(self, node: str) -> ArchiveRequest:
-        """The same request pinned to a changeset id (cut to 12 digits)."""
-        if not is_changeset_id(node):
+        """The request pinned to the changeset its name names now.
+
+        ``tip`` becomes the changeset's 12 digits (hgweb names tip's folder
+        after them, so its archive is the 12-digit one); any other name
+        keeps its form, with ``node`` set.
+        """
+        if not is_changeset_id(node) or len(node) < SHORT_REV_LENGTH:
             raise ValueError(f"not a changeset id: {node!r}")
-        return ArchiveRequest(
-            self.source, self.repo, node[:SHORT_REV_LENGTH], self.suffix, self.subdir
-        )
+        short = node[:SHORT_REV_LENGTH]
+        if self.rev == "tip":
+            return dataclasses.replace(self, rev=short, node="")
+        return dataclasses.replace(self, node=short)
 
     @property
     def key(self) -> str:
-        """The storage key, as the old service named it."""
-        key = f"{self.repo}-{self.rev}.{self.suffix}"
+        """The storage key, as the old service named it (see the module)."""
+        rev = f"{self.rev}@{self.node}" if self.node else self.rev
+        key = f"{self.repo}-{rev}.{self.suffix}"
         if self.source and self.source != LEGACY_SOURCE:
             key = f"@{self.source}/{key}"
         return f"{key}/{self.subdir}" if self.subdir else key
@@ -194,7 +207,8 @@ def key_for_task_id(task_id: str) -> str:
 
 
 _AFTER_REPO = re.compile(
-    r"(?P<rev>[0-9a-f]{1,12}|[0-9a-f]{40})\.(?P<suffix>"
+    r"(?:(?P<name>[^/]+)@(?P<node>[0-9a-f]{12})|(?P<rev>[0-9a-f]{1,40}))"
+    r"\.(?P<suffix>"
     + "|".join(re.escape(suffix) for suffix in SUFFIXES)
     + r")(?:/(?P<subdir>.+))?\Z",
     re.DOTALL,
@@ -219,12 +233,13 @@ def parse_key(key: str) -> ArchiveRequest | None:
             request = ArchiveRequest.parse(
                 source,
                 key[start:dash],
-                match["rev"],
+                match["name"] or match["rev"],
                 match["suffix"],
                 match["subdir"] or "",
-                cut=False,
             )
-        except BadRequest:
+            if match["node"]:
+                request = request.with_rev(match["node"])
+        except (BadRequest, ValueError):
             continue
         if request.key == key and not request.is_symbolic:
             return request

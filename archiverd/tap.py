@@ -211,6 +211,7 @@ class Daemon(MultiService):
             self.tasks,
             reactor,
             signed_url_expiry=config.storage.signed_url_expiry,
+            metrics=self.metrics,
         )
         files = None
         if self.files is not None:
@@ -223,6 +224,9 @@ class Daemon(MultiService):
             files=files,
             health=self.health,
             metrics=self.metrics,
+            hold=config.tasks.hold,
+            max_wait=config.tasks.max_wait,
+            legacy_clients=config.tasks.legacy_clients,
         )
 
     def open_files(self) -> None:

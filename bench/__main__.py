@@ -45,6 +45,7 @@ from bench.harness import (
     server,
     wait_for_task,
 )
+from bench.old_clients import old_client_flow
 
 RESULTS = ROOT / "bench" / "results"
 WORK = RESULTS / "tmp"
@@ -489,6 +490,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
     "pipeline": lambda a: pipeline_cost(a.runs),
     "moto": lambda a: with_moto(a.runs),
     "fleet": lambda a: fleet(a, config, rev, _lua, WORK),
+    "oldclient": lambda a: old_client_flow(a.runs, WORK),
 }
 
 

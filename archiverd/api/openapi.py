@@ -146,10 +146,12 @@ def _archive_parameters(
             "in": "path",
             "required": True,
             "description": (
-                "For an hgweb source: a changeset id (more than 12 hex digits "
-                "are cut to 12), or a tag, bookmark, branch or local revision "
-                "number, resolved through upstream's json-rev on every "
-                "request. For a template source: a full 40-digit commit id "
+                "For an hgweb source: a changeset id (of any length, kept "
+                "as asked: the archive's top folder is `<repo basename>-<rev>`), "
+                "or a tag, bookmark, branch or local revision number, resolved "
+                "through upstream's json-rev on every request (its archive "
+                "keeps the name as its folder; `tip` is its 12-digit id's "
+                "archive). For a template source: a full 40-digit commit id "
                 "(or, where `allow_symbolic` is set, a name, taken as it is). "
                 "One path segment. " + _NAME_RULES
             ),
@@ -198,18 +200,41 @@ def _archive_parameters(
     ]
 
 
+_PREFERENCE_APPLIED = {
+    "description": "`wait=N` when a `Prefer: wait` was honoured (N capped by "
+    "`tasks.max_wait`).",
+    "schema": {"type": "string", "pattern": "^wait=[0-9]+$"},
+}
+_PREFER = {
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
+    "description": "`wait=N` (RFC 7240): hold the answer until the task "
+    "finishes or N seconds pass (at most `tasks.max_wait`, default 60): a "
+    "long poll.",
+    "schema": {"type": "string", "examples": ["wait=30"]},
+}
+
+
 def _archive_responses() -> dict[str, Any]:
     return {
         "202": _json(
             ref("Accepted"),
             "Not stored in the preferred region yet: one background task "
-            "fetches it (concurrent requests join it). Poll the Location.",
+            "fetches it (concurrent requests join it), and the request was "
+            "held up to `tasks.hold` seconds (or `Prefer: wait=N`) without "
+            "it being stored. Poll the Location.",
             Location={**_LOCATION, "description": "The task's status URL."},
+            **{"Preference-Applied": _PREFERENCE_APPLIED},
         ),
         "302": {
             "description": "Stored: a redirect to a signed URL for the "
-            "preferred region, valid for `signed_url_expiry` seconds.",
-            "headers": {"Location": {**_LOCATION, "description": "The signed URL."}},
+            "preferred region, valid for `signed_url_expiry` seconds (also "
+            "when a held request's task stored it meanwhile).",
+            "headers": {
+                "Location": {**_LOCATION, "description": "The signed URL."},
+                "Preference-Applied": _PREFERENCE_APPLIED,
+            },
             "content": {"text/html": {"schema": {"type": "string"}}},
         },
         "400": _error(
@@ -344,7 +369,7 @@ def openapi_document(
             "An archive of a repo at a rev",
             "302 to a signed storage URL when stored, else 202 and a task.",
             _archive_responses(),
-            archive_params,
+            [*archive_params, _PREFER],
             operation_id="getArchive",
         ),
         "/archiver/{source}/{repo}/": _operations(
@@ -364,12 +389,21 @@ def openapi_document(
             "URLs if the archive is stored in every region, otherwise "
             "PENDING with `no status available at this point.`",
             {
-                "200": _json(ref("Status"), "The task's state."),
+                "200": _json(
+                    ref("Status"),
+                    "The task's state (with `Prefer: wait=N`, once it finishes "
+                    "or N seconds pass). Clients whose User-Agent matches "
+                    "`tasks.legacy_clients` see a permanent FAILURE as "
+                    "SUCCESS with empty `s3_urls`, as the old service answered.",
+                    **{"Preference-Applied": _PREFERENCE_APPLIED},
+                ),
                 "400": _error(_BAD_URL),
                 "404": _error("The path matches no route (a `/` in the task id)."),
                 "503": _error(
                     "With several daemons: Redis cannot be reached and the "
-                    "archive is not stored, so the state is unknown.",
+                    "archive is not stored, so the state is unknown; or, for "
+                    "a client matching `tasks.legacy_clients`, a transient "
+                    "FAILURE (so that it asks for the archive again).",
                     **{
                         "Retry-After": {
                             "description": "Seconds to wait.",
@@ -379,7 +413,7 @@ def openapi_document(
                     },
                 ),
             },
-            [status_id],
+            [status_id, _PREFER],
             operation_id="getStatus",
         ),
         "/archiver/files/{region}/{key}": _file_operations(regions),

@@ -50,6 +50,11 @@ def schemas() -> dict[str, Any]:
                 "regions": {"type": "array", "items": {"type": "string"}},
                 "size": {"type": ["integer", "null"], "minimum": 0},
                 "sha256": {"type": ["string", "null"]},
+                "permanent": {
+                    "type": "boolean",
+                    "description": "On FAILURE: true when asking again cannot "
+                    "help (upstream refused; the archive is too large).",
+                },
             },
             "additionalProperties": False,
         },

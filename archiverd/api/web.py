@@ -35,6 +35,7 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 from werkzeug.routing import RequestRedirect
 
 from archiverd import wire
+from archiverd.api.clients import LegacyClients, preferred_wait
 from archiverd.api.files import SignedFiles
 from archiverd.api.hosts import HostCheck
 from archiverd.api.openapi import OPENAPI_PATH, openapi_document
@@ -69,8 +70,17 @@ class ArchiverAPI:
         files: SignedFiles | None = None,
         health: Health | None = None,
         metrics: Metrics | None = None,
+        hold: float = 0.0,
+        max_wait: float = 60.0,
+        legacy_clients: Iterable[str] = (),
     ) -> None:
         self.archives = archives
+        #: Seconds a request that starts or joins a task is held for it.
+        self.hold = hold
+        #: The longest ``Prefer: wait`` honoured.
+        self.max_wait = max_wait
+        #: Clients told of a FAILURE as the old service told them.
+        self.legacy = LegacyClients(legacy_clients)
         self.public_url = public_url
         #: Which Host headers are served (all, with public_url; else only
         #: this server's own names and ``hosts``).
@@ -95,9 +105,14 @@ class ArchiverAPI:
         # The file backend signs URLs relative to archiverd itself.
         return self._base_url(request) + url if url.startswith("/") else url
 
-    def _located(self, found: Redirect | Accepted, request: IRequest) -> bytes:
+    def _located(
+        self, found: Redirect | Accepted, request: IRequest, wait: float | None = None
+    ) -> bytes:
         if isinstance(found, Redirect):
+            if wait:
+                request.setHeader("Preference-Applied", f"wait={wait:g}")
             return self._redirect(request, found.url)
+        self._applied(request, wait, found.task_id)
         self.metrics.misses.inc()
         task_id = quote(found.task_id, safe="@")
         request.setHeader(
@@ -113,9 +128,42 @@ class ArchiverAPI:
         link = html.escape(url)
         return f'<p>The archive is at <a href="{link}">{link}</a>.</p>\n'.encode()
 
+    def _wait(self, request: IRequest) -> float | None:
+        """The seconds ``Prefer: wait=N`` asks for, capped by ``max_wait``,
+        or None when it is not asked for."""
+        wanted = preferred_wait(request)
+        return None if wanted is None else min(wanted, self.max_wait)
+
+    def _applied(self, request: IRequest, wait: float | None, task_id: str) -> None:
+        """Say ``Preference-Applied`` when a wait was honoured: the task is
+        this daemon's (another daemon's task, in a fleet, or an unknown one
+        is answered at once, and a client must not take that answer for a
+        held one and ask again without a pause)."""
+        if wait and self.archives.tasks.get(task_id) is not None:
+            request.setHeader("Preference-Applied", f"wait={wait:g}")
+
+    def _legacy_status(self, status: Status, request: IRequest) -> bytes | None:
+        """A FAILURE as an old client that stops only on SUCCESS must see it:
+        permanent, the old service's SUCCESS with no ``s3_urls`` (it stops
+        at once, with the cause in ``status``); transient, a 503, on which
+        it asks for the archive again after its sleep. None otherwise."""
+        if request not in self.legacy:
+            return None
+        result = status.result
+        if not result.get("permanent"):
+            request.setHeader("Retry-After", "10")
+            return json_body(request, {"error": result["status"]}, 503)
+        shown = dict(result, state=wire.SUCCESS, s3_urls={})
+        return json_body(request, {"result": shown})
+
     def _status(self, status: Status, request: IRequest) -> bytes:
-        urls = {r: self._absolute(request, u) for r, u in status.urls.items()}
         task = status.task
+        state = task.state.value if task is not None else status.result["state"]
+        if state == wire.FAILURE:
+            legacy = self._legacy_status(status, request)
+            if legacy is not None:
+                return legacy
+        urls = {r: self._absolute(request, u) for r, u in status.urls.items()}
         if task is not None and task.done and task.rendered is not None:
             if task.rendered[0] == urls:
                 # A finished task's answer changes only with its URLs.
@@ -136,6 +184,7 @@ class ArchiverAPI:
         self, request: IRequest, source: str, repo: str, rev: str = ""
     ) -> bytes | Deferred[bytes]:
         """Redirect to the stored archive, or start fetching it (202)."""
+        wait = self._wait(request)
         found = self.archives.locate(
             source,
             repo,
@@ -143,15 +192,23 @@ class ArchiverAPI:
             suffix=arg(request, "suffix", "tar.gz"),
             subdir=arg(request, "subdir"),
             preferred_region=arg(request, "preferred_region"),
+            hold=self.hold if wait is None else wait,
+            poll_refusals=request in self.legacy,
         )
         if isinstance(found, Deferred):
-            return found.addCallback(self._located, request)
-        return self._located(found, request)
+            return found.addCallback(self._located, request, wait)
+        return self._located(found, request, wait)
 
     @app.route("/archiver/status/<task_id>", methods=["GET", "HEAD"])
     def status(self, request: IRequest, task_id: str) -> bytes | Deferred[bytes]:
         """A task's state, with URLs signed at poll time."""
-        status = self.archives.status(task_id)
+        wait = self._wait(request)
+        self._applied(request, wait, task_id)
+        if wait is None and request in self.legacy:
+            # An old client sleeps 10 s after any answer but SUCCESS: hold
+            # its poll as its first request was held.
+            wait = self.hold
+        status = self.archives.status(task_id, wait or 0.0)
         if isinstance(status, Deferred):
             return status.addCallback(self._status, request)
         return self._status(status, request)

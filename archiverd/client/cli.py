@@ -75,7 +75,8 @@ def parser() -> argparse.ArgumentParser:
         "--retries",
         type=int,
         default=5,
-        help="attempts after a connection error or 5xx, in a row (default 5)",
+        help="attempts after a connection error or 5xx, in a row, and new tasks "
+        "after one failed for a reason that may pass (default 5)",
     )
     return p
 

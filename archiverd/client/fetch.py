@@ -1,9 +1,16 @@
 """Getting one archive from archiverd: locate it, download it, check it.
 
 :class:`Client` asks for the archive, follows the 302 or polls the 202's
-status URL (backing off, honouring ``Retry-After``), then downloads it to a
-temporary file while hashing it and checks its sha256. What becomes of the
-file (renamed into place, or extracted) is :mod:`archiverd.client.cli`'s.
+status URL, then downloads it to a temporary file while hashing it and checks
+its sha256. What becomes of the file (renamed into place, or extracted) is
+:mod:`archiverd.client.cli`'s.
+
+Archive and status requests ask archiverd to hold them until the task
+finishes (``Prefer: wait=N``, a long poll). An answer the server held (it says
+``Preference-Applied``) is followed by the next request at once; otherwise
+the client backs off between polls, honouring ``Retry-After``, as it always
+did with servers that do not hold requests. A task that failed for a reason
+that may pass (``"permanent": false``) is asked for again, as a new task.
 
 Synchronous and on the standard library only: it runs on CI workers, where
 archiverd and Twisted do not.
@@ -21,13 +28,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 from urllib.parse import quote, urlencode, urljoin
 
 from archiverd.client.http import (
     PROG,
     Answer,
     Opener,
+    applied_wait,
     error_text,
     origin,
     retry_after,
@@ -41,6 +49,9 @@ CHUNK = 1024 * 1024
 #: Seconds a single socket operation may block before the attempt fails.
 SOCKET_TIMEOUT = 60.0
 MAX_REDIRECTS = 5  # followed when downloading from storage
+#: The longest ``Prefer: wait`` asked for, in seconds (archiverd's default
+#: ``max_wait``); never past the overall timeout.
+MAX_PREFER_WAIT = 60
 #: Between polls and retries: 0.5 s doubling to 10 s, unless the server asks.
 FIRST_DELAY, MAX_DELAY = 0.5, 10.0
 
@@ -60,6 +71,24 @@ class _Transient(Exception):
         super().__init__(message)
         #: Seconds the server asked us to wait (Retry-After), if it did.
         self.asked = asked
+
+
+class _TaskFailed(Exception):
+    """The task failed for a reason that may pass (``"permanent": false``):
+    asking for the archive again starts a new task."""
+
+
+class _Next(NamedTuple):
+    """What one request to archiverd leads to."""
+
+    #: Where the archive is, once it is stored.
+    located: Located | None
+    #: Otherwise the URL to ask next...
+    url: str
+    #: ...after the seconds the server asked for (Retry-After), if it did,
+    asked: float | None = None
+    #: ...or at once: the server held this request for the task (long poll).
+    at_once: bool = False
 
 
 def _backoff() -> Backoff:
@@ -136,10 +165,19 @@ class Client:
             raise FetchError(f"timed out after {self.timeout:g} s ({self._last})")
         self.env.sleep(delay)
 
-    def _open(self, url: str) -> Answer:
+    def _prefer_wait(self) -> int:
+        """The ``Prefer: wait`` to ask for: whole seconds, at most
+        :data:`MAX_PREFER_WAIT`, never past the deadline, at least 1."""
+        return max(1, min(MAX_PREFER_WAIT, int(self._remaining())))
+
+    def _open(self, url: str, wait: int | None = None) -> Answer:
+        """GET ``url``; with ``wait``, asking the server to hold the answer
+        that long (the socket then waits that much longer for it)."""
         self._check_deadline()
+        headers = {} if wait is None else {"Prefer": f"wait={wait}"}
+        timeout = SOCKET_TIMEOUT + (wait or 0)
         try:
-            return self.env.opener(url, min(SOCKET_TIMEOUT, self._remaining()))
+            return self.env.opener(url, min(timeout, self._remaining()), headers)
         except (OSError, http.client.HTTPException) as e:
             reason = getattr(e, "reason", None) or e
             raise _Transient(f"cannot reach {origin(url)}: {reason}") from e
@@ -147,13 +185,17 @@ class Client:
     # -- locating --------------------------------------------------------
 
     def locate(self) -> Located:
-        """Ask for the archive until it is stored: follow 302, poll 202."""
+        """Ask for the archive until it is stored: follow 302, poll 202.
+
+        Connection errors and 5xx are retried up to ``retries`` times in a
+        row; so are tasks that fail for a reason that may pass."""
         backoff = _backoff()
         failures = 0
+        failed_tasks = 0
         url = self.archive_url
         while True:
             try:
-                located, url, asked = self._step(url)
+                step = self._step(url)
             except _Transient as e:
                 failures += 1
                 self._last = str(e)
@@ -161,22 +203,36 @@ class Client:
                     raise FetchError(str(e)) from e
                 self._wait(backoff.next(e.asked))
                 continue
-            if located is not None:
-                return located
+            except _TaskFailed as e:
+                failed_tasks += 1
+                self._last = str(e)
+                if failed_tasks > self.retries:
+                    raise FetchError(str(e)) from e
+                self.env.say(f"{e}; asking again")
+                url = self.archive_url
+                self._wait(backoff.next())
+                continue
+            if step.located is not None:
+                return step.located
             failures = 0
-            self._wait(backoff.next(asked))
+            url = step.url
+            if not step.at_once:
+                self._wait(backoff.next(step.asked))
 
-    def _step(self, url: str) -> tuple[Located | None, str, float | None]:
+    def _step(self, url: str) -> _Next:
         """One request: the archive's place, or the URL to ask next and when."""
-        answer = self._open(url)
+        began = self.env.clock()
+        answer = self._open(url, self._prefer_wait())
         try:
             asked = retry_after(answer.header("Retry-After"))
+            # How long the server would hold this request for its task.
+            holds = applied_wait(answer.header("Preference-Applied")) or 0.0
             code = answer.status
             if code == 503 and asked is not None:
                 # archiverd's task table is full: not a failure, just wait.
                 self._last = f"server busy: {error_text(answer)}"
                 self.env.say(f"{self._last}; asking again in {asked:g} s")
-                return None, url, asked
+                return _Next(None, url, asked)
             if code >= 500:
                 error = f"server answered {code}: {error_text(answer)}"
                 raise _Transient(error, asked)
@@ -185,19 +241,25 @@ class Client:
                 raise UsageError(error)
             location = answer.header("Location")
             if code in REDIRECTS and location:
-                return Located(urljoin(url, location)), url, None
+                return _Next(Located(urljoin(url, location)), url)
             if code == 202 and location:
+                # Held, the task has not stored the archive (yet): its status,
+                # held in turn, says how it goes, so ask for it at once (one
+                # request; a poll that is not held is backed off from below).
                 self._last = "waiting for the archive"
-                return None, urljoin(url, location), asked
+                return _Next(None, urljoin(url, location), asked, holds > 0)
             if code == 200 and url != self.archive_url:
-                return self._polled(answer, url, asked)
+                # A server holds a poll only for a task it runs itself (in a
+                # fleet, another daemon's task is answered at once): a poll
+                # answered well before its wait was up was not held, and one
+                # asked again at once would be a busy loop.
+                held = holds > 0 and self.env.clock() - began >= holds / 2
+                return self._polled(answer, url, _Next(None, url, asked, held))
             raise _Transient(f"unexpected answer {code} from {origin(url)}")
         finally:
             answer.close()
 
-    def _polled(
-        self, answer: Answer, url: str, asked: float | None
-    ) -> tuple[Located | None, str, float | None]:
+    def _polled(self, answer: Answer, url: str, again: _Next) -> _Next:
         try:
             result = json.loads(answer.body.read())["result"]
             state = result.get("state", "")
@@ -209,18 +271,21 @@ class Client:
             target = urls.get(self.region) or next(iter(urls.values()), None)
             if not target:
                 raise FetchError(f"the task succeeded but named no URL: {status}")
-            return Located(urljoin(url, target), result.get("sha256")), url, None
+            return _Next(Located(urljoin(url, target), result.get("sha256")), url)
         if state == FAILURE:
-            raise FetchError(f"archiverd could not fetch the archive: {status}")
+            error = f"archiverd could not fetch the archive: {status}"
+            if result.get("permanent") is False:
+                raise _TaskFailed(error)  # e.g. upstream was unreachable
+            raise FetchError(error)  # asking again cannot help (or not said)
         if state == PENDING and status == UNKNOWN_STATUS:
             # archiverd forgot the task (it restarted): ask again, which
             # starts a new one or redirects to what was stored meanwhile.
             self._last = "archiverd forgot the task; asking again"
-            return None, self.archive_url, asked
+            return _Next(None, self.archive_url, again.asked)
         if status and status != self._last:
             self.env.say(f"{state.lower() or 'waiting'}: {status}")
         self._last = status or state
-        return None, url, asked
+        return again
 
     # -- downloading -----------------------------------------------------
 

@@ -3,6 +3,10 @@
 The client follows redirects and retries itself (it must tell a 302 to storage
 from a 202 to poll, and honour ``Retry-After``), so the opener here never
 follows a redirect and never raises for an HTTP status.
+
+It asks archiverd to hold its requests until the task finishes (RFC 7240's
+``Prefer: wait=N``); a server that did says so in ``Preference-Applied``
+(:func:`applied_wait`).
 """
 
 from __future__ import annotations
@@ -10,10 +14,11 @@ from __future__ import annotations
 import email.utils
 import http.client
 import json
+import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -45,9 +50,16 @@ class Answer:
         self.body.close()
 
 
-#: Opens a URL with a socket timeout; never follows redirects and never raises
-#: for an HTTP status, only for transport errors (OSError, HTTPException).
-Opener = Callable[[str, float], Answer]
+#: Opens a URL with a socket timeout and extra request headers; never follows
+#: redirects and never raises for an HTTP status, only for transport errors
+#: (OSError, HTTPException).
+Opener = Callable[[str, float, Mapping[str, str]], Answer]
+
+#: ``wait=N`` in a ``Preference-Applied`` header (RFC 7240 section 4.3); N
+#: may have a fraction (archiverd's ``max_wait`` may, and it says what it used).
+_WAIT = re.compile(
+    r"(?:^|[,;\s])wait\s*=\s*\"?(\d{1,9}(?:\.\d+)?)\"?\s*(?:[,;]|$)", re.I
+)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -60,8 +72,8 @@ def urllib_opener() -> Opener:
     opener = urllib.request.build_opener(_NoRedirect)
     agent = f"{PROG}/{__version__}"
 
-    def open_url(url: str, timeout: float) -> Answer:
-        request = urllib.request.Request(url, headers={"User-Agent": agent})
+    def open_url(url: str, timeout: float, headers: Mapping[str, str]) -> Answer:
+        request = urllib.request.Request(url, headers={**headers, "User-Agent": agent})
         try:
             response = opener.open(request, timeout=timeout)
         except urllib.error.HTTPError as e:
@@ -85,6 +97,13 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
             return None
         seconds = when.timestamp() - (time.time() if now is None else now)
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def applied_wait(value: str | None) -> float | None:
+    """The seconds of ``wait=N`` in a ``Preference-Applied`` header: how long
+    the server would hold the request for its task; None when not said."""
+    match = _WAIT.search(value.strip()) if value else None
+    return float(match.group(1)) if match else None
 
 
 def error_text(answer: Answer) -> str:

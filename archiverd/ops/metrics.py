@@ -65,6 +65,14 @@ class Metrics:
             registry=r,
         )
 
+        self.held = Counter(
+            "archiverd_held_requests",
+            "Requests held for their task (tasks.hold, Prefer: wait), by how "
+            "they ended: stored (302), waiting (202 at the end of the wait), "
+            "failed (the task failed), gone (the client left).",
+            ["outcome"],
+            registry=r,
+        )
         self.hits = self.archive_requests.labels("hit")
         self.misses = self.archive_requests.labels("miss")
         self._by_route: dict[tuple[str, int], Any] = {}

@@ -66,6 +66,10 @@ class Task:
     rendered: tuple[dict[str, str], bytes] | None = field(default=None, repr=False)
     #: While queued: the line it waits in (which counts who is ahead).
     line: Line | None = field(default=None, repr=False)
+    #: A FAILURE that asking again cannot mend (upstream refused, too large).
+    permanent: bool = False
+    #: Requests held until it finishes (fired with the task when it does).
+    waiters: list[Deferred[Task]] = field(default_factory=list, repr=False)
 
     @property
     def ahead(self) -> int:
@@ -111,6 +115,8 @@ class Task:
         if self.state is State.SUCCESS:
             result["size"] = self.size
             result["sha256"] = self.sha256
+        elif self.state is State.FAILURE:
+            result["permanent"] = self.permanent
         return result
 
 
@@ -140,11 +146,16 @@ _SUCCESS_FIELDS: dict[str, tuple[Callable[[Any], str], Callable[[str], Any]]] = 
 }
 
 
+_FAILURE_FIELDS: dict[str, tuple[Callable[[Any], str], Callable[[str], Any]]] = {
+    "permanent": (lambda v: "1" if v else "", lambda v: v == "1"),
+}
+_BY_STATE = {State.SUCCESS.value: _SUCCESS_FIELDS, State.FAILURE.value: _FAILURE_FIELDS}
+
+
 def to_record(described: dict[str, Any]) -> dict[str, str]:
     """:meth:`Task.describe`'s fields as text, for a fleet's task record."""
     fields = dict(_FIELDS)
-    if described["state"] == State.SUCCESS.value:
-        fields.update(_SUCCESS_FIELDS)
+    fields.update(_BY_STATE.get(described["state"], {}))
     return {name: out(described[name]) for name, (out, _) in fields.items()}
 
 
@@ -153,6 +164,5 @@ def from_record(record: dict[str, str] | None) -> dict[str, Any] | None:
     if not record or "state" not in record:
         return None
     fields = dict(_FIELDS)
-    if record["state"] == State.SUCCESS.value:
-        fields.update(_SUCCESS_FIELDS)
+    fields.update(_BY_STATE.get(record["state"], {}))
     return {name: back(record.get(name, "")) for name, (_, back) in fields.items()}

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -267,6 +267,20 @@ class TaskService(Service):
         task.deferred = None if task.done else d
         return task
 
+    def refused(
+        self, request: ArchiveRequest, src_url: str, upstream_host: str, error: Any
+    ) -> Task:
+        """A task that failed before it began (upstream refused the name it
+        asks for), for clients that learn of failures only by polling."""
+        self._check_room(request.task_id)
+        task = Task(
+            request, src_url, (), self._clock.seconds(), upstream_host=upstream_host
+        )
+        task.permanent = getattr(error, "permanent", False)
+        self._tasks[task.task_id] = task
+        self._finish(task, State.FAILURE, str(error))
+        return task
+
     # -- running ----------------------------------------------------------------
 
     async def _run(self, task: Task) -> None:
@@ -330,6 +344,7 @@ class TaskService(Service):
             self._finish(task, State.FAILURE, CANCELLED)
             self.log.warn("{key}: cancelled", key=task.key)
         except (UpstreamError, StorageError) as e:
+            task.permanent = getattr(e, "permanent", False)
             self._finish(task, State.FAILURE, str(e))
             self.log.warn("{key} failed: {error}", key=task.key, error=str(e))
         except Exception:
@@ -374,6 +389,33 @@ class TaskService(Service):
         task.deferred = None
         began = task.started if task.started is not None else task.created
         self._metrics.task_duration.labels(state.value).observe(task.finished - began)
+        waiters, task.waiters = task.waiters, []
+        for waiter in waiters:
+            waiter.callback(task)
+
+    def settled(self, task: Task, seconds: float) -> Deferred[Task]:
+        """Fires with ``task`` when it finishes, or after ``seconds``,
+        whichever comes first. Holding a request costs this Deferred and a
+        timer, never a thread; cancelling it (the client left) drops both."""
+        if task.done or seconds <= 0:
+            return succeed(task)
+
+        def give_up(d: Deferred[Task]) -> None:
+            if d in task.waiters:
+                task.waiters.remove(d)
+            if timer.active():
+                timer.cancel()
+
+        waiter: Deferred[Task] = Deferred(give_up)
+
+        def expire() -> None:
+            task.waiters.remove(waiter)
+            waiter.callback(task)
+
+        timer = self._clock.callLater(seconds, expire)
+        waiter.addBoth(_cancel_timer, timer)
+        task.waiters.append(waiter)
+        return waiter
 
     # -- status -----------------------------------------------------------------
 
@@ -391,3 +433,9 @@ class TaskService(Service):
     @property
     def queued(self) -> int:
         return len(self._line)
+
+
+def _cancel_timer(result: Any, timer: Any) -> Any:
+    if timer.active():
+        timer.cancel()
+    return result

@@ -16,7 +16,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from archiverd.config import SourceConfig
-from archiverd.errors import UpstreamError, UpstreamUnavailable
+from archiverd.errors import TooLarge, UpstreamError, UpstreamUnavailable
 from archiverd.transfer.client import describe_reason
 from archiverd.transfer.complete import FormatCheck, format_check
 from archiverd.transfer.cutter import PartCutter
@@ -64,7 +64,7 @@ class BodyRules:
         return None if length_proven(response) else format_check(self.suffix)
 
     def _too_long(self) -> UpstreamError:
-        return UpstreamError(
+        return TooLarge(
             f"archive exceeds {self.config.max_archive_bytes} bytes "
             f"(max_archive_bytes): {self.url}"
         )

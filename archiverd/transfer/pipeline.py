@@ -118,10 +118,16 @@ class Transfer:
         #: Proves a body whole by its format when HTTP cannot (fed with the
         #: sha256, in order, off the reactor thread).
         self._format: FormatCheck | None = None
+        #: For a rev asked for by name: the look that it did not move.
+        self._confirmed: Deferred[None] | None = None
 
     async def run(self) -> Outcome:
         """Download and store; raises on any failure, leaving nothing behind."""
         response = await self._ask()
+        # A name is fetched by name: once upstream has resolved it (its
+        # answer came), look again that it names what it did when asked.
+        if self.request.node:
+            self._confirmed = Deferred.fromCoroutine(self.source.confirm(self.request))
         limits = self.source.config
         cutter = self._cutter = PartCutter(
             self.part_size,
@@ -142,6 +148,9 @@ class Transfer:
             return Outcome(cutter.received, sha256)
         except BaseException:
             cutter.stop()
+            if self._confirmed is not None:
+                self._confirmed.cancel()
+                self._confirmed.addErrback(lambda _: None)
             # Shielded: a second cancel must not cut the clean-up short.
             await shielded(Deferred.fromCoroutine(self._clean_up()))
             raise
@@ -192,6 +201,8 @@ class Transfer:
         return sha256
 
     async def _check_fence(self) -> None:
+        if self._confirmed is not None:
+            await self._confirmed
         if self._fence is not None:
             await self._fence()
 

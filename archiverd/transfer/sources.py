@@ -97,13 +97,11 @@ class Source:
     ) -> ArchiveRequest:
         """Validate a request for this source (400 or 403 when refused).
 
-        hgweb sources cut changeset ids to 12 digits and resolve symbolic
-        revs. Template sources take full 40-digit commit ids only, unless
+        hgweb sources resolve symbolic revs. Template sources take full
+        40-digit commit ids only, unless
         ``allow_symbolic`` lets names through (cached under the name).
         """
-        wanted = ArchiveRequest.parse(
-            self.name, repo, rev, suffix, subdir, cut=not self._template_kind
-        )
+        wanted = ArchiveRequest.parse(self.name, repo, rev, suffix, subdir)
         if self._allowed is not None and not self._allowed(wanted.repo):
             raise Forbidden(f"source {self.name!r} does not serve repo {repo!r}")
         if self._template_kind:
@@ -292,6 +290,24 @@ class Source:
         return UpstreamRefused(
             self.host, response.code, self.shown(url), self.shown(error_message(body))
         )
+
+    async def confirm(self, request: ArchiveRequest) -> None:
+        """Raise unless ``request``'s name still names the changeset it was
+        pinned to (a fresh lookup, shared with no earlier one).
+
+        An archive asked for by name is fetched by that name, so that it
+        holds hgweb's folder for it; this lookup, made once upstream has
+        answered the archive's URL (and so resolved the name itself), shows
+        that the name did not move in between.
+        """
+        if not request.node:
+            return
+        node = await self._lookup(request)
+        if node[: len(request.node)] != request.node:
+            raise UpstreamUnavailable(
+                f"{request.rev} of {request.repo} moved from {request.node} to "
+                f"{node[: len(request.node)]} while its archive was fetched; ask again"
+            )
 
     async def resolve(self, request: ArchiveRequest) -> ArchiveRequest:
         """Pin a symbolic rev (tag, bookmark, branch) to its changeset.

@@ -156,9 +156,14 @@ def write_config(
     *,
     storage: str = "",
     s3: str = "",
+    tasks: str = "",
+    hold: float = 0,
 ) -> Path:
-    """An s3 config; ``extra`` goes at the top, ``storage`` and ``s3`` into
-    the [storage] and [storage.s3] tables."""
+    """An s3 config; ``extra`` goes at the top, ``storage``, ``s3`` and
+    ``tasks`` into the [storage], [storage.s3] and [tasks] tables.
+
+    ``hold = 0`` unless given: a cold request gets its 202 at once (the flow
+    these tests poll), not a 302 after waiting for the task."""
     regions = ", ".join(f'"{r}" = "{b}"' for r, b in buckets.buckets.items())
     path.write_text(
         f"""
@@ -179,6 +184,10 @@ buckets = {{ {regions} }}
 
 [pipeline]
 part_size = 5242880
+
+[tasks]
+hold = {hold}
+{tasks}
 """
     )
     return path

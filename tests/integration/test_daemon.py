@@ -37,10 +37,9 @@ def test_old_clients_session_against_twistd(tmp_path, hgweb, s3_buckets, daemon_
     preferred region; SIGTERM stops the daemon cleanly."""
     proc, base = serve(daemon_config, tmp_path)
     try:
-        node = hgweb.node("projects/ash", "tip")
-        rev = node[:12]
+        rev = hgweb.node("projects/ash", "tip")[:12]
         url = (
-            f"{base}/archiver/hgmo/projects/ash/{node}"
+            f"{base}/archiver/hgmo/projects/ash/{rev}"
             "?subdir=testing/mozharness&preferred_region=us-west-2"
         )
         code, headers, body = open_url(url)
@@ -186,6 +185,9 @@ backend = "file"
 [storage.file]
 root = "{tmp_path / "data"}"
 regions = ["local"]
+
+[tasks]
+hold = 0
 """
     )
     proc, base = serve(config, tmp_path, "--log-format", "json")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from daemon import MIB, s3_config
+from daemon import MIB, s3_config, tasks_config
 from faults import FaultyS3, FaultyUpstream, S3Fault, body_bytes
 from fixtures import free_port
 from polling import eventually
@@ -48,6 +48,7 @@ def _files(template: str, root: Any, **source: Any) -> dict:
         },
         "storage": {"backend": "file", "file": {"root": str(root)}},
         "pipeline": {"part_size": 5 * MIB},
+        "tasks": tasks_config(),
     }
 
 
@@ -366,7 +367,7 @@ async def test_tasks_over_max_concurrent_wait_their_turn(
 ):
     upstream.script = ["stall_body:1024"]
     config = _files(upstream.url_template, tmp_path, idle_timeout=30)
-    config["tasks"] = {"max_concurrent_tasks": 1}
+    config["tasks"].update(max_concurrent_tasks=1)
     d = await start_archiverd(config)
     locations = []
     for rev in ("000000000001", "000000000002", "000000000003"):
@@ -392,7 +393,7 @@ async def test_a_full_table_of_unfinished_work_answers_503(
 ):
     upstream.script = ["stall_body:1024", "stall_body:1024"]
     config = _files(upstream.url_template, tmp_path, idle_timeout=30)
-    config["tasks"] = {"max_tasks": 2}
+    config["tasks"].update(max_tasks=2)
     d = await start_archiverd(config)
     for rev in ("000000000001", "000000000002"):
         assert (await d.get(f"/archiver/hgmo/r/{rev}")).code == 202

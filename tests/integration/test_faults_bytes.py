@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 import treq
-from daemon import MIB, s3_config
+from daemon import MIB, s3_config, tasks_config
 from faults import FaultyS3, FaultyUpstream, S3Fault
 from polling import eventually
 from twisted.internet import reactor, threads
@@ -78,6 +78,7 @@ def _files(template: str, root: Any, **source: Any) -> dict:
         },
         "storage": {"backend": "file", "file": {"root": str(root)}},
         "pipeline": {"part_size": 5 * MIB},
+        "tasks": tasks_config(),
     }
 
 

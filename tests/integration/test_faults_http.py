@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from daemon import tasks_config
 from polling import eventually, eventually_blocking
 from processes import logged, output, serve, terminate, twistd
 from twisted.internet import reactor
@@ -62,7 +63,10 @@ class Served:
     """A Daemon behind an ArchiverSite on a free loopback port."""
 
     def __init__(self, root: Path, **site: Any) -> None:
-        config = {"storage": {"backend": "file", "file": {"root": str(root)}}}
+        config = {
+            "storage": {"backend": "file", "file": {"root": str(root)}},
+            "tasks": tasks_config(),
+        }
         self.daemon = Daemon(parse(config), reactor)
         self.daemon.open_files()
         self.daemon.startService()
@@ -188,6 +192,7 @@ async def test_a_client_that_stops_reading_a_download_is_dropped(
 def _file_config(tmp_path: Path, **top: Any) -> Path:
     lines = [f"{k} = {json.dumps(v)}" for k, v in top.items()]
     lines += ["[storage.file]", f'root = "{tmp_path / "data"}"']
+    lines += ["[tasks]", "hold = 0"]
     path = tmp_path / "archiverd.toml"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -62,6 +62,9 @@ backend = "file"
 [storage.file]
 root = "{path.parent / "data"}"
 regions = ["local"]
+
+[tasks]
+hold = 0
 """
     )
     return path

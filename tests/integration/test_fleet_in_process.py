@@ -37,7 +37,7 @@ def fleet_config(upstream: Any, buckets: Any, redis: Any, **tasks: Any) -> dict:
         "lock_ttl": 3,
         "timeout": 1,
     }
-    config["tasks"] = tasks
+    config["tasks"].update(tasks)
     return config
 
 

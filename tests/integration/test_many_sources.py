@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 import treq
-from daemon import MIB
+from daemon import MIB, tasks_config
 from faults import FaultyUpstream, body_bytes
 
 pytestmark = pytest.mark.integration
@@ -35,6 +35,7 @@ def _config(upstream: FaultyUpstream, root: Any, **github: Any) -> dict:
         },
         "storage": {"backend": "file", "file": {"root": str(root)}},
         "pipeline": {"part_size": 5 * MIB},
+        "tasks": tasks_config(),
     }
 
 

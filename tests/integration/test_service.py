@@ -9,7 +9,7 @@ import http.server
 import io
 import tarfile
 import threading
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import pytest_twisted
@@ -34,7 +34,7 @@ async def test_cold_request_streams_into_both_regions_then_redirects(
     """202 + absolute Location, SUCCESS with a URL per region, bytes equal
     upstream's, then 302 to the preferred region."""
     d = await start_archiverd(s3_config(hgweb.url_template, any_s3_buckets))
-    node = hgweb.node("projects/ash", "tip")
+    node = hgweb.node("projects/ash", "tip")[:12]
     path = f"/archiver/hgmo/projects/ash/{node}?subdir=testing/mozharness"
 
     response = await d.get(path)
@@ -42,19 +42,19 @@ async def test_cold_request_streams_into_both_regions_then_redirects(
     assert response.headers.getRawHeaders("content-type") == ["application/json"]
     assert await response.json() == {"result": {}}
     location = response.headers.getRawHeaders("location")[0]
-    task_id = f"projects_ash-{node[:12]}.tar.gz_testing_mozharness"
+    task_id = f"projects_ash-{node}.tar.gz_testing_mozharness"
     assert location == f"{d.base_url}/archiver/status/{task_id}"
 
     result = await d.wait(location)
     assert result["state"] == "SUCCESS", result
     assert result["status"] == "Task completed! Check 's3_urls' for upload locations."
     assert result["src_url"] == (
-        f"{hgweb.base_url}/projects/ash/archive/{node[:12]}.tar.gz/testing/mozharness"
+        f"{hgweb.base_url}/projects/ash/archive/{node}.tar.gz/testing/mozharness"
     )
     assert set(result["s3_urls"]) == {"us-east-1", "us-west-2"}
 
-    expected = hgweb.archive("projects/ash", node[:12], subdir="testing/mozharness")
-    key = f"projects/ash-{node[:12]}.tar.gz/testing/mozharness"
+    expected = hgweb.archive("projects/ash", node, subdir="testing/mozharness")
+    key = f"projects/ash-{node}.tar.gz/testing/mozharness"
     for region, url in result["s3_urls"].items():
         assert await _bytes(url) == expected
         head = any_s3_buckets.head(region, key)
@@ -166,14 +166,29 @@ async def test_upstream_breaking_off_leaves_no_object_and_no_pending_upload(
 async def test_symbolic_revs_resolve_to_the_current_changeset(
     hgweb, s3_buckets, start_archiverd
 ):
-    """'default' follows new commits: never served stale."""
+    """'default' follows new commits: never served stale. A name is keyed
+    with the changeset it names when asked, and fetched from hgweb by name
+    (so the archive's top folder is hgweb's ``moving-default/``)."""
     d = await start_archiverd(s3_config(hgweb.url_template, s3_buckets))
     repo = "scratch/moving"
     first = hgweb.commit(repo, {"a.txt": b"one"}, "first")
     response = await d.get(f"/archiver/hgmo/{repo}/default")
+    assert response.code == 202
     location = response.headers.getRawHeaders("location")[0]
-    assert location.endswith(f"scratch_moving-{first[:12]}.tar.gz")
-    assert (await d.wait(location))["state"] == "SUCCESS"
+    assert unquote(location).endswith(f"scratch_moving-default@{first[:12]}.tar.gz")
+    result = await d.wait(location)
+    assert result["state"] == "SUCCESS", result
+    assert result["src_url"] == f"{hgweb.base_url}/{repo}/archive/default.tar.gz/"
+    key = f"{repo}-default@{first[:12]}.tar.gz"
+    for region in s3_buckets.buckets:
+        assert s3_buckets.keys(region) == [key]
+        stored = s3_buckets.get(region, key)
+        with tarfile.open(fileobj=io.BytesIO(stored), mode="r:gz") as tar:
+            assert tar.getnames() and all(
+                n.startswith("moving-default/") for n in tar.getnames()
+            )
+            member = tar.extractfile("moving-default/a.txt")
+            assert member is not None and member.read() == b"one"
     response = await d.get(f"/archiver/hgmo/{repo}/default")
     assert response.code == 302
 
@@ -181,7 +196,7 @@ async def test_symbolic_revs_resolve_to_the_current_changeset(
     response = await d.get(f"/archiver/hgmo/{repo}/default")
     assert response.code == 202
     location = response.headers.getRawHeaders("location")[0]
-    assert location.endswith(f"scratch_moving-{second[:12]}.tar.gz")
+    assert unquote(location).endswith(f"scratch_moving-default@{second[:12]}.tar.gz")
 
     response = await d.get(f"/archiver/hgmo/{repo}/no-such-tag")
     assert response.code == 404
@@ -221,10 +236,11 @@ async def test_file_backend_serves_signed_urls_with_ranges(
     response = await d.get("/archiver/hgmo/projects/ash/v1.0?suffix=zip")
     assert response.code == 202
     location = response.headers.getRawHeaders("location")[0]
-    assert location.endswith(f"projects_ash-{node}.zip")
+    assert unquote(location).endswith(f"projects_ash-v1.0@{node}.zip")
     result = await d.wait(location)
     assert result["state"] == "SUCCESS", result
-    expected = hgweb.archive("projects/ash", node, suffix="zip")
+    # A tag is fetched by name: the archive is hgweb's for "v1.0".
+    expected = hgweb.archive("projects/ash", "v1.0", suffix="zip")
     assert set(result["s3_urls"]) == {"a", "b"}
     for url in result["s3_urls"].values():
         assert url.startswith(f"{d.base_url}/archiver/files/")
@@ -240,7 +256,8 @@ async def test_file_backend_serves_signed_urls_with_ranges(
 
     tampered = url.replace("signature=", "signature=0")
     assert (await treq.get(tampered)).code == 403
-    other_key = url.replace(f"-{node}.zip", f"-{node}.tar.gz")
+    other_key = url.replace(f"{node}.zip", f"{node}.tar.gz")
+    assert other_key != url
     assert (await treq.get(other_key)).code == 403
     expired = url.split("?")[0] + "?expires=1&signature=" + url.split("signature=")[1]
     assert (await treq.get(expired)).code == 403

@@ -148,6 +148,17 @@ class FakeSource:
             "hgmo", "https://hg.example/{repo}/archive/{rev}.{suffix}"
         )
         self.requested: list[str] = []
+        #: What confirm() does: None passes; a Deferred is awaited; an
+        #: exception is raised. Each request confirmed is noted.
+        self.confirmation: Any = None
+        self.confirmed: list[ArchiveRequest] = []
+
+    async def confirm(self, request: ArchiveRequest) -> None:
+        self.confirmed.append(request)
+        if isinstance(self.confirmation, Deferred):
+            await self.confirmation
+        elif isinstance(self.confirmation, Exception):
+            raise self.confirmation
 
     def archive_url(self, request: ArchiveRequest) -> str:
         return (

@@ -145,7 +145,9 @@ def test_missing_in_the_preferred_region_only_fetches_only_what_is_missing(
 
 
 def test_a_symbolic_rev_is_resolved_and_names_the_changeset(domain: Domain) -> None:
-    assert domain.locate("default") == Accepted(ASH.task_id)
+    by_name = ArchiveRequest.parse("hgmo", "projects/ash", "default").with_rev(NODE)
+    assert domain.locate("default") == Accepted(by_name.task_id)
+    assert by_name.task_id == "projects_ash-default@42bf8560b395.tar.gz"
     assert domain.hgweb.requests == ["/projects/ash/json-rev/default"]
 
 

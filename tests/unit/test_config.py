@@ -511,7 +511,7 @@ def test_the_schema_covers_every_table_and_setting() -> None:
         "tasks",
         "coordination",
     ]
-    assert len(SETTINGS) == 46
+    assert len(SETTINGS) == 49
     assert all(spec.name != "name" for _, spec, _ in SETTINGS)
 
 

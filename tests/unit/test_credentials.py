@@ -97,7 +97,7 @@ def _source(*answers: Any, **config: Any) -> tuple[Source, ScriptedUpstream, Clo
 
 
 def _request() -> ArchiveRequest:
-    return ArchiveRequest.parse("gl", "group/proj", NODE, cut=False)
+    return ArchiveRequest.parse("gl", "group/proj", NODE)
 
 
 def test_every_request_upstream_carries_the_credentials() -> None:

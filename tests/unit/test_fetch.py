@@ -7,7 +7,7 @@ import email.message
 import hashlib
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,8 @@ import pytest
 from archives import HG_LIKE, TOP, make_tar
 
 from archiverd.client.cli import EXIT_INFRA, EXIT_OK, EXIT_USAGE, main
-from archiverd.client.fetch import Env
-from archiverd.client.http import Answer, retry_after
+from archiverd.client.fetch import SOCKET_TIMEOUT, Env
+from archiverd.client.http import Answer, applied_wait, retry_after
 from archiverd.wire import UNKNOWN_STATUS
 
 SERVER = "http://archiverd.test"
@@ -53,25 +53,48 @@ def refused(url: str) -> Answer:
     raise ConnectionRefusedError(111, "Connection refused")
 
 
-def status(state: str, text: str = "", **extra: Any) -> Callable[[str], Answer]:
+def status(
+    state: str, text: str = "", *, applied: str = "", **extra: Any
+) -> Callable[[str], Answer]:
+    """A status answer; ``applied``: its Preference-Applied header."""
     result = {"state": state, "status": text, "src_url": "x", "s3_urls": {}}
-    return answer(200, {"result": {**result, **extra}})
+    headers = {"Preference_Applied": applied} if applied else {}
+    return answer(200, {"result": {**result, **extra}}, **headers)
+
+
+def held(respond: Callable[[str], Answer], seconds: float) -> Callable[[str], Answer]:
+    """``respond``, after the server held the request ``seconds`` (a long
+    poll that ran its course): the fake clock moves on that much."""
+    respond.held = seconds  # type: ignore[attr-defined]
+    return respond
 
 
 class FakeServer:
     """Answers each URL (matched by prefix) from its own queue; the last
-    answer of a queue repeats."""
+    answer of a queue repeats. Notes each request's socket timeout and
+    headers; an answer made by :func:`held` moves ``advance``'s clock on."""
 
-    def __init__(self, routes: dict[str, list[Callable[[str], Answer]]]) -> None:
+    def __init__(
+        self,
+        routes: dict[str, list[Callable[[str], Answer]]],
+        advance: Callable[[float], None] = lambda seconds: None,
+    ) -> None:
         self.routes = routes
+        self.advance = advance
         self.requests: list[str] = []
+        self.timeouts: list[float] = []
+        self.headers: list[dict[str, str]] = []
 
-    def __call__(self, url: str, timeout: float) -> Answer:
+    def __call__(self, url: str, timeout: float, headers: Mapping[str, str]) -> Answer:
         assert timeout > 0
         self.requests.append(url)
+        self.timeouts.append(timeout)
+        self.headers.append(dict(headers))
         for prefix, queue in self.routes.items():
             if url.startswith(prefix):
-                return (queue.pop(0) if len(queue) > 1 else queue[0])(url)
+                respond = queue.pop(0) if len(queue) > 1 else queue[0]
+                self.advance(getattr(respond, "held", 0.0))
+                return respond(url)
         raise AssertionError(f"unexpected request {url}")
 
 
@@ -79,7 +102,7 @@ class Harness:
     """main() with a fake server, a fake clock and captured stderr."""
 
     def __init__(self, routes: dict[str, list[Callable[[str], Answer]]]) -> None:
-        self.server = FakeServer(routes)
+        self.server = FakeServer(routes, self.advance)
         self.now = 0.0
         self.sleeps: list[float] = []
         self.stderr = io.StringIO()
@@ -93,6 +116,9 @@ class Harness:
 
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
+        self.now += seconds
+
+    def advance(self, seconds: float) -> None:
         self.now += seconds
 
     def run(self, *args: str) -> int:
@@ -304,6 +330,190 @@ def test_a_forgotten_task_is_asked_for_again(tmp_path: Path) -> None:
         ARCHIVE,
         SIGNED.split("?")[0],
     ]
+
+
+# -- long polls (Prefer: wait) ----------------------------------------------
+
+
+def test_applied_wait_reads_the_seconds_the_server_holds() -> None:
+    assert applied_wait("wait=60") == 60.0
+    assert applied_wait('respond-async, wait="7"') == 7.0
+    assert applied_wait("wait=2.5") == 2.5  # archiverd's max_wait may be so
+    assert applied_wait(None) is None
+    assert applied_wait("respond-async") is None
+    assert applied_wait("nowait=3") is None
+
+
+def prefer(h: Harness) -> list[str | None]:
+    """The Prefer header of each request, in order."""
+    return [headers.get("Prefer") for headers in h.server.headers]
+
+
+@pytest.mark.parametrize(("timeout", "wait"), [("3600", 60), ("30.9", 30), ("0.5", 1)])
+def test_archive_and_status_requests_prefer_a_wait_within_the_timeout(
+    tmp_path: Path, timeout: str, wait: int
+) -> None:
+    """N is at most 60, the whole seconds left before --timeout, at least 1;
+    the socket waits for the held answer that much longer. Storage is not
+    asked to wait."""
+    h = Harness(
+        {
+            ARCHIVE: [answer(202, Location=STATUS_URL, Preference_Applied="wait=1")],
+            STATUS_URL: [success()],
+            SIGNED: [download()],
+        }
+    )
+    args = ["42bf8560b395", "--timeout", timeout, "-o", str(tmp_path / "a")]
+    assert h.run(*args) == EXIT_OK
+    assert prefer(h) == [f"wait={wait}", f"wait={wait}", None]
+    assert h.server.timeouts[0] == min(SOCKET_TIMEOUT + wait, float(timeout))
+
+
+def test_the_wait_preferred_shrinks_with_the_time_left(tmp_path: Path) -> None:
+    h = Harness(
+        {
+            ARCHIVE: [answer(202, Location=STATUS_URL)],
+            STATUS_URL: [*[status("STARTED", "Downloading")] * 3, success()],
+            SIGNED: [download()],
+        }
+    )
+    args = ["42bf8560b395", "--timeout", "10", "-o", str(tmp_path / "a")]
+    assert h.run(*args) == EXIT_OK
+    assert h.sleeps == [0.5, 1, 2, 4]  # at 0, 0.5, 1.5, 3.5, 7.5 s
+    assert prefer(h) == ["wait=10", "wait=9", "wait=8", "wait=6", "wait=2", None]
+
+
+def test_held_answers_are_followed_by_the_next_request_at_once(
+    tmp_path: Path,
+) -> None:
+    """Each answer the server held for its wait (Preference-Applied) is
+    asked again with no sleep at all."""
+    applied = "wait=60"
+    h = Harness(
+        {
+            ARCHIVE: [
+                held(answer(202, Location=STATUS_URL, Preference_Applied=applied), 60)
+            ],
+            STATUS_URL: [
+                *[held(status("STARTED", "Downloading", applied=applied), 60)] * 3,
+                held(success(), 12),
+            ],
+            SIGNED: [download()],
+        }
+    )
+    assert h.run("42bf8560b395", "-o", str(tmp_path / "a")) == EXIT_OK
+    assert h.sleeps == []
+    assert [u.split("?")[0] for u in h.server.requests] == [
+        ARCHIVE,
+        *[STATUS_URL] * 4,
+        SIGNED.split("?")[0],
+    ]
+    assert h.now == 4 * 60 + 12
+
+
+def test_held_answers_without_preference_applied_back_off_as_before(
+    tmp_path: Path,
+) -> None:
+    """An older server, or a proxy that strips the header: the client cannot
+    tell it was held, and sleeps between polls exactly as it always did."""
+    h = Harness(
+        {
+            ARCHIVE: [held(answer(202, Location=STATUS_URL), 5)],
+            STATUS_URL: [*[held(status("STARTED", "Downloading"), 60)] * 3, success()],
+            SIGNED: [download()],
+        }
+    )
+    assert h.run("42bf8560b395", "-o", str(tmp_path / "a")) == EXIT_OK
+    assert h.sleeps == [0.5, 1, 2, 4]
+
+
+@pytest.mark.parametrize(
+    ("applied", "sleeps"),
+    [
+        # Another daemon's task (a fleet): the 202 and polls come back at once.
+        ("wait=60", [0.5, 1]),
+        # A server whose max_wait is 0 holds nothing.
+        ("wait=0", [0.5, 1, 2]),
+    ],
+)
+def test_answers_that_were_not_held_back_off_despite_preference_applied(
+    tmp_path: Path, applied: str, sleeps: list[float]
+) -> None:
+    """Asking again at once after an answer that was not held would be a
+    busy loop against the server."""
+    h = Harness(
+        {
+            ARCHIVE: [answer(202, Location=STATUS_URL, Preference_Applied=applied)],
+            STATUS_URL: [
+                *[status("STARTED", "Downloading", applied=applied)] * 2,
+                success(),
+            ],
+            SIGNED: [download()],
+        }
+    )
+    assert h.run("42bf8560b395", "-o", str(tmp_path / "a")) == EXIT_OK
+    assert h.sleeps == sleeps
+
+
+# -- failed tasks --------------------------------------------------------------
+
+UNREACHABLE = "cannot reach hg.example: Connection refused"
+
+
+def test_a_transient_task_failure_asks_for_the_archive_again(tmp_path: Path) -> None:
+    """``"permanent": false``: a new task, after the usual backoff."""
+    h = Harness(
+        {
+            ARCHIVE: [answer(202, Location=STATUS_URL)],
+            STATUS_URL: [status("FAILURE", UNREACHABLE, permanent=False), success()],
+            SIGNED: [download()],
+        }
+    )
+    out = tmp_path / "a"
+    assert h.run("42bf8560b395", "-o", str(out)) == EXIT_OK
+    assert out.read_bytes() == PAYLOAD
+    assert [u.split("?")[0] for u in h.server.requests] == [
+        ARCHIVE,
+        STATUS_URL,
+        ARCHIVE,
+        STATUS_URL,
+        SIGNED.split("?")[0],
+    ]
+    assert h.sleeps == [0.5, 1, 2]
+    assert f"could not fetch the archive: {UNREACHABLE}; asking again" in h.err
+
+
+def test_transient_task_failures_stop_after_the_retries(tmp_path: Path) -> None:
+    """The 202s between failed tasks do not start the count again."""
+    h = Harness(
+        {
+            ARCHIVE: [answer(202, Location=STATUS_URL)],
+            STATUS_URL: [status("FAILURE", UNREACHABLE, permanent=False)],
+        }
+    )
+    args = ["42bf8560b395", "--retries", "2", "-o", str(tmp_path / "a")]
+    assert h.run(*args) == EXIT_INFRA
+    assert [u.split("?")[0] for u in h.server.requests].count(ARCHIVE) == 3
+    assert h.err.splitlines()[-1] == (
+        f"archiverd-fetch: archiverd could not fetch the archive: {UNREACHABLE}"
+    )
+
+
+@pytest.mark.parametrize("permanent", [{"permanent": True}, {}])
+def test_a_permanent_or_unexplained_task_failure_is_not_asked_again(
+    tmp_path: Path, permanent: dict[str, bool]
+) -> None:
+    cause = "hg.example answered 404 for http://…: unknown revision"
+    h = Harness(
+        {
+            ARCHIVE: [answer(202, Location=STATUS_URL)],
+            STATUS_URL: [status("FAILURE", cause, **permanent)],
+        }
+    )
+    assert h.run("42bf8560b395", "-o", str(tmp_path / "a")) == EXIT_INFRA
+    assert [u.split("?")[0] for u in h.server.requests] == [ARCHIVE, STATUS_URL]
+    assert h.sleeps == [0.5]
+    assert "asking again" not in h.err
 
 
 def test_a_download_cut_short_is_retried_from_a_fresh_location(

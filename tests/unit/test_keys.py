@@ -19,22 +19,30 @@ from archiverd.keys import (
 NODE = "42bf8560b395a5a9e3c2bbd6c2de2f2c6bd4ec70"
 
 
-def parse(repo: str = "projects/ash", rev: str = NODE, **kwargs: str) -> ArchiveRequest:
+def parse(
+    repo: str = "projects/ash", rev: str = NODE[:12], **kwargs: str
+) -> ArchiveRequest:
     return ArchiveRequest.parse("hgmo", repo, rev, **kwargs)
 
 
 # -- revs --------------------------------------------------------------------
 
 
-def test_a_full_changeset_id_is_cut_to_12_hex_digits() -> None:
-    request = parse(rev=NODE)
-    assert request.rev == "42bf8560b395"
+@pytest.mark.parametrize("rev", [NODE, NODE[:12], NODE[:16], "42bf85"])
+def test_a_changeset_id_keeps_the_form_it_was_asked_in(rev: str) -> None:
+    """hgweb names the archive's top folder after the rev as asked: the
+    old service cut every id to 12, so its clients asking with 40 found no
+    folder they knew."""
+    request = parse(rev=rev)
+    assert request.rev == rev and request.node == ""
     assert not request.is_symbolic
+    assert request.key == f"projects/ash-{rev}.tar.gz"
 
 
-def test_a_short_changeset_id_is_kept_as_it_is() -> None:
-    assert parse(rev="42bf85").rev == "42bf85"
-    assert parse(rev="42bf8560b395").rev == "42bf8560b395"
+def test_a_12_digit_id_keeps_the_old_services_key() -> None:
+    request = parse(rev=NODE[:12], subdir="testing/mozharness")
+    assert request.key == "projects/ash-42bf8560b395.tar.gz/testing/mozharness"
+    assert request.task_id == "projects_ash-42bf8560b395.tar.gz_testing_mozharness"
 
 
 @pytest.mark.parametrize("rev", ["default", "v1.0", "tip", "FIREFOX_BETA_120_END"])
@@ -44,10 +52,27 @@ def test_symbolic_revs_are_kept_and_marked_for_resolution(rev: str) -> None:
     assert request.is_symbolic
 
 
-def test_with_rev_pins_a_symbolic_request_to_12_digits_of_the_node() -> None:
-    pinned = parse(rev="default", subdir="testing/mozharness").with_rev(NODE)
-    assert pinned == parse(rev=NODE[:12], subdir="testing/mozharness")
+@pytest.mark.parametrize("name", ["default", "v1.0", "my.feature", "@", "a@b", "1"])
+def test_a_resolved_name_keeps_its_form_and_adds_the_changeset(name: str) -> None:
+    pinned = parse(rev=name, subdir="testing/mozharness").with_rev(NODE)
+    assert (pinned.rev, pinned.node) == (name, NODE[:12])
     assert not pinned.is_symbolic
+    assert pinned.key == (f"projects/ash-{name}@42bf8560b395.tar.gz/testing/mozharness")
+    assert parse_key(pinned.key) == pinned
+    assert key_for_task_id(pinned.task_id) == pinned.key
+
+
+def test_tip_resolves_to_the_12_digit_archive() -> None:
+    """hgweb names tip's folder after its short hash: the same bytes as
+    the 12-digit request, so the same key."""
+    pinned = parse(rev="tip").with_rev(NODE)
+    assert pinned == parse(rev=NODE[:12])
+
+
+def test_a_name_and_its_changeset_never_share_a_key() -> None:
+    by_name = parse(rev="default").with_rev(NODE)
+    assert by_name.key not in (parse(rev=NODE[:12]).key, parse(rev=NODE).key)
+    assert parse(rev="default").with_rev("0" * 40).key != by_name.key
 
 
 def test_with_rev_refuses_a_name_that_is_not_a_changeset_id() -> None:
@@ -59,16 +84,16 @@ def test_with_rev_refuses_a_name_that_is_not_a_changeset_id() -> None:
 
 
 def test_key_has_the_old_service_form_with_subdir() -> None:
-    request = parse(rev=NODE, subdir="testing/mozharness")
+    request = parse(subdir="testing/mozharness")
     assert request.key == "projects/ash-42bf8560b395.tar.gz/testing/mozharness"
 
 
 def test_key_without_subdir_is_repo_rev_and_suffix() -> None:
-    assert parse(rev=NODE, suffix="zip").key == "projects/ash-42bf8560b395.zip"
+    assert parse(suffix="zip").key == "projects/ash-42bf8560b395.zip"
 
 
 def test_task_id_replaces_slashes_with_underscores() -> None:
-    request = parse(rev=NODE, subdir="testing/mozharness")
+    request = parse(subdir="testing/mozharness")
     assert request.task_id == "projects_ash-42bf8560b395.tar.gz_testing_mozharness"
 
 
@@ -108,9 +133,9 @@ def test_key_for_task_id_refuses_strings_no_key_maps_to(bogus: str) -> None:
 
 
 def test_filename_joins_repo_basename_rev_and_subdir() -> None:
-    request = parse(rev=NODE, subdir="testing/mozharness", suffix="zip")
+    request = parse(subdir="testing/mozharness", suffix="zip")
     assert request.filename == "ash-42bf8560b395-testing-mozharness.zip"
-    assert parse(rev=NODE).filename == "ash-42bf8560b395.tar.gz"
+    assert parse(rev=NODE).filename == f"ash-{NODE}.tar.gz"
 
 
 @pytest.mark.parametrize(
@@ -264,8 +289,8 @@ FULL = "0123456789abcdef0123456789abcdef01234567"
 
 def test_other_sources_keys_carry_their_name_so_sources_never_share_a_key() -> None:
     hg = ArchiveRequest.parse("hgmo", "mozilla/gecko", FULL)
-    gh = ArchiveRequest.parse("github", "mozilla/gecko", FULL, cut=False)
-    assert hg.key == "mozilla/gecko-0123456789ab.tar.gz"
+    gh = ArchiveRequest.parse("github", "mozilla/gecko", FULL)
+    assert hg.key == f"mozilla/gecko-{FULL}.tar.gz"
     assert gh.key == f"@github/mozilla/gecko-{FULL}.tar.gz"
     assert gh.task_id == f"@github_mozilla_gecko-{FULL}.tar.gz"
     assert key_for_task_id(gh.task_id) == gh.key
@@ -279,8 +304,8 @@ def test_no_repo_can_start_like_another_sources_key() -> None:
 @pytest.mark.parametrize(
     "wanted",
     [
-        ArchiveRequest.parse("github", "mozilla/gecko", FULL, cut=False),
-        ArchiveRequest.parse("gitlab", "a/b", FULL, "zip", "docs/x", cut=False),
+        ArchiveRequest.parse("github", "mozilla/gecko", FULL),
+        ArchiveRequest.parse("gitlab", "a/b", FULL, "zip", "docs/x"),
         ArchiveRequest.parse("hg2", "projects/ash", FULL),
         ArchiveRequest.parse("hgmo", "projects/ash", FULL, subdir="a"),
     ],

@@ -569,3 +569,77 @@ def test_a_body_smaller_than_a_part_never_allocates_a_part() -> None:
         tracemalloc.stop()
     assert rest == b"x" * 16 * 1024 and parts == []
     assert peak < 1024 * 1024, peak
+
+
+# -- a rev asked for by name ---------------------------------------------------
+
+NAMED = ArchiveRequest.parse("hgmo", "projects/ash", "default").with_rev("ab" * 20)
+
+
+def _named(response: FakeResponse, storage: RecordingStorage) -> tuple[Any, Any]:
+    with_headers(response)
+    source = FakeSource(response)
+    t = Transfer(
+        source,  # type: ignore[arg-type]
+        storage,  # type: ignore[arg-type]
+        NAMED,
+        storage.regions,
+        part_size=PART,
+        window=2,
+        on_progress=lambda n: None,
+    )
+    return source, t
+
+
+def test_a_name_is_fetched_by_name_and_made_visible_once_confirmed() -> None:
+    storage = RecordingStorage()
+    response = FakeResponse()
+    source, t = _named(response, storage)
+    source.confirmation = Deferred()
+    d = started(t.run())
+    response.write(b"0123456789")
+    response.finish()
+    assert source.requested == [
+        "https://hg.example/projects/ash/archive/default.tar.gz"
+    ]
+    assert source.confirmed == [NAMED]
+    has_no_result(d)
+    assert "complete_upload" not in storage.methods()
+    source.confirmation.callback(None)
+    assert result_of(d).size == 10
+    assert storage.objects == {
+        ("east", NAMED.key): b"0123456789",
+        ("west", NAMED.key): b"0123456789",
+    }
+
+
+def test_a_name_that_moved_during_the_fetch_stores_nothing() -> None:
+    storage = RecordingStorage()
+    response = FakeResponse()
+    source, t = _named(response, storage)
+    source.confirmation = UpstreamUnavailable("default moved; ask again")
+    d = started(t.run())
+    response.write(b"0123456789")
+    response.finish()
+    failure_of(d, UpstreamUnavailable)
+    assert storage.objects == {}
+    assert "complete_upload" not in storage.methods()
+    assert set(states(storage).values()) <= {"aborted"}
+
+
+def test_a_changeset_id_is_not_confirmed() -> None:
+    storage = RecordingStorage()
+    response = FakeResponse(200, b"abc")
+    with_headers(response)
+    source = FakeSource(response)
+    t = Transfer(
+        source,  # type: ignore[arg-type]
+        storage,  # type: ignore[arg-type]
+        REQUEST,
+        storage.regions,
+        part_size=PART,
+        window=2,
+        on_progress=lambda n: None,
+    )
+    assert result_of(started(t.run())).size == 3
+    assert source.confirmed == []

@@ -100,10 +100,12 @@ def test_error_message_survives_bytes_that_are_not_utf8() -> None:
 
 
 def test_archive_url_fills_the_template() -> None:
-    url = source().archive_url(request(subdir="testing/mozharness", suffix="zip"))
+    wanted = request(rev=NODE[:12], subdir="testing/mozharness", suffix="zip")
+    url = source().archive_url(wanted)
     assert url == (
         "https://hg.mozilla.org/projects/ash/archive/42bf8560b395.zip/testing/mozharness"
     )
+    assert source().archive_url(request(rev=NODE)).endswith(f"/{NODE}.tar.gz/")
 
 
 @pytest.mark.parametrize(
@@ -180,9 +182,26 @@ def test_rev_url_uses_rev_url_template_when_given() -> None:
 
 def test_resolve_pins_a_symbolic_rev_to_12_hex_digits() -> None:
     hgweb = FakeHgweb({("projects/ash", "default"): NODE})
-    resolved = result_of(started(source(hgweb=hgweb).resolve(request(rev="default"))))
-    assert resolved == request(rev=NODE[:12])
+    src = source(hgweb=hgweb)
+    resolved = result_of(started(src.resolve(request(rev="default"))))
+    assert (resolved.rev, resolved.node) == ("default", NODE[:12])
     assert hgweb.requests == ["/projects/ash/json-rev/default"]
+    # Fetched by its name, so that the archive holds hgweb's folder for it.
+    assert src.archive_url(resolved).endswith("/archive/default.tar.gz/")
+
+
+def test_confirm_passes_while_the_name_stays_and_fails_once_it_moves() -> None:
+    hgweb = FakeHgweb({("projects/ash", "default"): NODE})
+    src = source(hgweb=hgweb)
+    resolved = result_of(started(src.resolve(request(rev="default"))))
+    assert result_of(started(src.confirm(resolved))) is None
+    hgweb.nodes[("projects/ash", "default")] = "f" * 40
+    failure = failure_of(started(src.confirm(resolved)), UpstreamUnavailable)
+    assert str(failure.value) == (
+        "default of projects/ash moved from 42bf8560b395 to ffffffffffff while "
+        "its archive was fetched; ask again"
+    )
+    assert len(hgweb.requests) == 3  # each confirm a lookup of its own
 
 
 def test_resolve_asks_upstream_every_time_so_a_moving_name_is_never_stale() -> None:
@@ -411,9 +430,9 @@ def test_a_template_without_subdir_refuses_a_subdir() -> None:
         github().request("mozilla/gecko-dev", NODE, subdir="testing")
 
 
-def test_an_hgweb_source_still_cuts_and_resolves() -> None:
+def test_an_hgweb_source_keeps_ids_whole_and_resolves() -> None:
     wanted = source().request("projects/ash", NODE)
-    assert wanted.rev == NODE[:12]
+    assert wanted.rev == NODE
     assert source().request("projects/ash", "default").is_symbolic
 
 

@@ -124,7 +124,7 @@ def test_a_json_rev_ended_by_closing_the_connection_is_read() -> None:
     d = started(src.resolve(request(rev="default")))
     body.write(json.dumps({"node": NODE}).encode())
     body.protocol.connectionLost(Failure(PotentialDataLoss()))
-    assert result_of(d).rev == NODE[:12]
+    assert result_of(d).node == NODE[:12]
 
 
 def test_an_error_body_that_stalls_is_quoted_as_far_as_it_came_at_idle_timeout() -> (

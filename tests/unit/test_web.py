@@ -87,6 +87,8 @@ class World:
         max_tasks: int = 10000,
         caches: dict[str, Any] | None = None,
         hosts: tuple[str, ...] = ("archiver.example",),
+        hold: float = 0.0,
+        legacy_clients: tuple[str, ...] = (),
     ) -> None:
         self.clock = clock or Clock()
         if clock is None:
@@ -108,7 +110,12 @@ class World:
             SourceConfig("hgmo"), StubClient(self.hgweb, self.clock), self.clock
         )
         self.archives = Archives(
-            {"hgmo": hgmo}, self.storage, self.tasks, self.clock, signed_url_expiry=300
+            {"hgmo": hgmo},
+            self.storage,
+            self.tasks,
+            self.clock,
+            signed_url_expiry=300,
+            metrics=self.metrics,
         )
         self.api = ArchiverAPI(
             self.archives,
@@ -117,14 +124,26 @@ class World:
             files=None if files is None else SignedFiles(files, self.storage.call),
             health=Health(self.storage, {"hgmo": hgmo}, self.clock),
             metrics=self.metrics,
+            hold=hold,
+            max_wait=60,
+            legacy_clients=legacy_clients,
         )
         self.http = StubTreq(self.api.resource())
 
     def get(self, path: str, method: str = "GET", **headers: str) -> Answer:
+        return self.answer(self.start(path, method, **headers), method)
+
+    def start(self, path: str, method: str = "GET", **headers: str) -> Deferred[Any]:
+        """A request whose answer may come later (see :meth:`answer`)."""
         url = path if path.startswith("http") else BASE + path
         d = self.http.request(
             method, url, headers=headers or None, allow_redirects=False
         )
+        self.http.flush()
+        return d
+
+    def answer(self, d: Deferred[Any], method: str = "GET") -> Answer:
+        """The answer to a request :meth:`start` made, which must have come."""
         self.http.flush()
         response = result_of(d)
         body = treq.content(response)
@@ -238,7 +257,7 @@ def test_an_unknown_preferred_region_means_the_default_region(
 ) -> None:
     world.store(ASH.key)
     answer = world.get(
-        f"/archiver/hgmo/projects/ash/{NODE}?preferred_region={preferred}"
+        f"/archiver/hgmo/projects/ash/{REV}?preferred_region={preferred}"
     )
     assert answer.code == 302
     assert answer.header("Location").startswith("https://us-east-1.s3.example/")
@@ -260,7 +279,7 @@ def test_stored_only_elsewhere_starts_a_task_for_the_missing_region(
 def test_an_archive_not_stored_is_202_with_an_absolute_status_location(
     world: World,
 ) -> None:
-    answer = world.get(f"/archiver/hgmo/projects/ash/{NODE}?subdir=testing/mozharness")
+    answer = world.get(f"/archiver/hgmo/projects/ash/{REV}?subdir=testing/mozharness")
     assert answer.code == 202
     assert answer.json == {"result": {}}
     task_id = "projects_ash-42bf8560b395.tar.gz_testing_mozharness"
@@ -328,7 +347,7 @@ def test_a_second_request_while_fetching_joins_the_task_without_storage_calls(
 ) -> None:
     first = world.get(f"/archiver/hgmo/projects/ash/{REV}")
     calls = list(world.storage.calls)
-    second = world.get(f"/archiver/hgmo/projects/ash/{NODE}")
+    second = world.get(f"/archiver/hgmo/projects/ash/{REV}")
     assert second.code == 202
     assert second.header("Location") == first.header("Location")
     assert len(world.runner.calls) == 1
@@ -341,8 +360,10 @@ def test_a_symbolic_rev_is_resolved_and_the_task_is_for_its_changeset(
     answer = world.get("/archiver/hgmo/projects/ash/default")
     assert answer.code == 202
     assert world.hgweb.requests == ["/projects/ash/json-rev/default"]
-    assert answer.header("Location") == f"{BASE}/archiver/status/{ASH.task_id}"
-    assert world.runner.calls[0].task.request == ASH
+    by_name = ArchiveRequest.parse("hgmo", "projects/ash", "default").with_rev(NODE)
+    assert answer.header("Location") == f"{BASE}/archiver/status/{by_name.task_id}"
+    assert world.runner.calls[0].task.request == by_name
+    assert world.runner.calls[0].task.src_url.endswith("/archive/default.tar.gz/")
 
 
 def test_an_unknown_rev_is_a_404_quoting_upstream(world: World) -> None:
