@@ -31,6 +31,7 @@ test: install lint
 	scripts/radosgw.sh install
 	scripts/redis.sh install
 	scripts/faketime.sh install
+	scripts/chromium.sh install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
@@ -45,6 +46,7 @@ integration: install
 	scripts/radosgw.sh install
 	scripts/redis.sh install
 	scripts/faketime.sh install
+	scripts/chromium.sh install
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 bench: install

@@ -62,6 +62,11 @@ setup(
         "prometheus-client>=0.20",
         "redis>=8.1",
     ],
-    entry_points={"console_scripts": ["archiverd-fetch = archiverd.client.cli:main"]},
+    entry_points={
+        "console_scripts": [
+            "archiverd-fetch = archiverd.client.cli:main",
+            "archiverd = archiverd.check:main",
+        ]
+    },
     cmdclass={"build_py": BuildWithVersion},
 )

@@ -14,7 +14,7 @@ and it stays cheaper than the framework it runs on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,15 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from archiverd import wire
-from archiverd.errors import Busy, FleetUnavailable, NotFound, UpstreamRefused
+from archiverd.errors import (
+    BadRequest,
+    Busy,
+    FleetUnavailable,
+    Forbidden,
+    NotFound,
+    UpstreamRefused,
+)
+from archiverd.fresh_urls import FreshUrls
 from archiverd.keys import MAX_NAME_LENGTH, ArchiveRequest, key_for_task_id, parse_key
 from archiverd.ops.metrics import Metrics
 from archiverd.storage.service import StorageService
@@ -34,13 +42,17 @@ from archiverd.util.deferreds import SingleFlight
 
 #: A task id longer than this names no archive (3 names, a rev, escapes).
 MAX_TASK_ID = 8 * MAX_NAME_LENGTH
+#: Valid requests :meth:`Archives.stored` remembers.
+VALID_REMEMBERED = 4096
 
 
 @dataclass(slots=True)
 class Redirect:
-    """The archive is stored: send the client to ``url``."""
+    """The archive is stored: send the client to ``url``; ``sha256`` is the
+    archive's, when known ("" otherwise), for the client to check."""
 
     url: str
+    sha256: str = ""
 
 
 @dataclass(slots=True)
@@ -57,7 +69,8 @@ class Status:
     ``task`` is this daemon's own task when it is the source, so that a
     finished task's rendered answer can be kept with it; its fields are
     described (at ``clock``'s time) only when asked for: a kept answer needs
-    none.
+    none. (Another daemon's success, in a fleet, is given as the task that
+    stands for it here, to keep its answer the same way.)
     """
 
     urls: dict[str, str]
@@ -98,6 +111,7 @@ class Archives:
         clock: IReactorTime,
         *,
         signed_url_expiry: int = 300,
+        signed_url_reuse: float = 0.0,
         metrics: Metrics | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
@@ -107,8 +121,28 @@ class Archives:
         self.clock = clock
         self.signed_url_expiry = signed_url_expiry
         self.regions = storage.regions
+        #: Polled tasks' URLs, signed again before ``signed_url_reuse`` (the
+        #: storage's reuse window) ends (None: 0, never kept).
+        self.fresh_urls = (
+            FreshUrls(
+                self.regions,
+                clock,
+                signed_url_reuse,
+                self._sign_afresh,
+                storage.uses.record,
+            )
+            if signed_url_reuse > 0
+            else None
+        )
         #: Storage looks in progress, by key.
         self._looks: SingleFlight[str, tuple[float, list[str]]] = SingleFlight()
+        #: Requests :meth:`stored` found valid (validation depends only on
+        #: the request and the config): a hit is validated once, not on
+        #: every request. Bounded: cleared when full.
+        self._valid: dict[tuple[str, ...], ArchiveRequest] = {}
+        #: Told of every valid request once, before it is answered (pre-warm
+        #: learns shapes and counts its hits); must be O(1).
+        self.observer: Callable[[ArchiveRequest, str], None] | None = None
 
     # -- where is this archive --------------------------------------------------
 
@@ -142,19 +176,68 @@ class Archives:
             raise NotFound(f"unknown source {source!r}")
         wanted = upstream.request(repo, rev, suffix=suffix, subdir=subdir)
         src_url = upstream.shown_url(wanted)  # refuses what escapes the template
-        storage = self.storage
         region = (
             preferred_region
             if preferred_region in self.regions
-            else storage.default_region
+            else self.storage.default_region
         )
-        if not wanted.is_symbolic and storage.known(region, wanted.key):
-            url = storage.cached_signed_url(region, wanted.key, self.signed_url_expiry)
-            if url is not None:
-                return Redirect(url)
+        if self.observer is not None:
+            self.observer(wanted, region)
+        hit = self._cached_redirect(wanted, region)
+        if hit is not None:
+            return hit
         return Deferred.fromCoroutine(
             self._locate(upstream, wanted, src_url, region, hold, poll_refusals)
         )
+
+    def stored(
+        self,
+        source: str,
+        repo: str,
+        rev: str,
+        *,
+        suffix: str = "tar.gz",
+        subdir: str = "",
+        preferred_region: str = "",
+    ) -> Redirect | None:
+        """:meth:`locate`'s answer when it is a hit answered from the caches,
+        else None: for the hot path (:mod:`archiverd.api.hot`), which must
+        start nothing and ask nothing. A request :meth:`locate` would refuse
+        is None too (locate then says why)."""
+        asked = (source, repo, rev, suffix, subdir)
+        wanted = self._valid.get(asked)
+        if wanted is None:
+            upstream = self.sources.get(source)
+            if upstream is None:
+                return None
+            try:
+                wanted = upstream.request(repo, rev, suffix=suffix, subdir=subdir)
+                upstream.shown_url(wanted)
+            except (BadRequest, Forbidden):
+                return None
+            if len(self._valid) >= VALID_REMEMBERED:
+                self._valid.clear()
+            self._valid[asked] = wanted
+        region = (
+            preferred_region
+            if preferred_region in self.regions
+            else self.storage.default_region
+        )
+        hit = self._cached_redirect(wanted, region)
+        if hit is not None and self.observer is not None:
+            self.observer(wanted, region)  # (a miss goes on to locate)
+        return hit
+
+    def _cached_redirect(self, wanted: ArchiveRequest, region: str) -> Redirect | None:
+        if wanted.is_symbolic:
+            return None
+        storage = self.storage
+        key = wanted.key  # (a property that formats the key: once)
+        if storage.known(region, key):
+            url = storage.cached_signed_url(region, key, self.signed_url_expiry)
+            if url is not None:
+                return Redirect(url, storage.cached_sha256(region, key) or "")
+        return None
 
     async def _locate(
         self,
@@ -182,7 +265,8 @@ class Archives:
         since, stored = await self._look(key)
         missing = [r for r in self.regions if r not in stored]
         if region not in missing:
-            return Redirect(await self._signed_url(region, key))
+            url = await self._signed_url(region, key)
+            return Redirect(url, await self._sha256(region, key))
         task_id = await self.tasks.claim(
             wanted,
             src_url,
@@ -209,7 +293,8 @@ class Archives:
             raise
         if task.state is State.SUCCESS:
             held.labels("stored").inc()
-            return Redirect(await self._signed_url(region, task.key))
+            url = await self._signed_url(region, task.key)
+            return Redirect(url, task.sha256 or "")
         held.labels("failed" if task.done else "waiting").inc()
         return Accepted(task_id)
 
@@ -244,11 +329,42 @@ class Archives:
             )
             return False
 
+    async def _sha256(self, region: str, key: str) -> str:
+        """The archive's sha256 for its redirect; "" when storage cannot
+        say (the client then checks what storage sends, if anything)."""
+        try:
+            return await self.storage.sha256(region, key)
+        except Exception as e:
+            self.log.warn(
+                "cannot read the sha256 of {key} in {region}: {error}",
+                region=region,
+                key=key,
+                error=str(e),
+            )
+            return ""
+
     async def _signed_url(self, region: str, key: str) -> str:
         return await self.storage.signed_url(region, key, self.signed_url_expiry)
 
+    def _sign_afresh(self, keys: list[str]) -> Deferred[list[dict[str, str]]]:
+        """Every region's URL of each key, signed now (none reused), in one
+        call on a storage thread."""
+        backend, regions = self.storage.storage, self.regions
+        expiry = self.signed_url_expiry
+
+        def sign() -> list[dict[str, str]]:
+            return [
+                {r: backend.signed_url(r, k, expiry) for r in regions} for k in keys
+            ]
+
+        return Deferred.fromCoroutine(self.storage.call(sign))
+
     def _cached_urls(self, key: str) -> dict[str, str] | None:
         """Every region's signed URL if all are cached, else None."""
+        if self.fresh_urls is not None:
+            fresh = self.fresh_urls.get(key)
+            if fresh is not None:
+                return fresh
         urls = {}
         for region in self.regions:
             url = self.storage.cached_signed_url(region, key, self.signed_url_expiry)
@@ -259,11 +375,19 @@ class Archives:
 
     async def _signed_urls(self, key: str) -> dict[str, str]:
         regions = self.regions
+        # None reused: all signed now, and kept to be signed again in time.
+        fresh = self.fresh_urls is not None and not any(
+            self.storage.cached_signed_url(r, key, self.signed_url_expiry)
+            for r in regions
+        )
         urls = await gatherResults(
             [Deferred.fromCoroutine(self._signed_url(r, key)) for r in regions],
             consumeErrors=True,
         )
-        return dict(zip(regions, urls))
+        signed = dict(zip(regions, urls))
+        if fresh and self.fresh_urls is not None:
+            self.fresh_urls.put(key, signed)
+        return signed
 
     # -- what is this task's status ---------------------------------------------
 
@@ -275,27 +399,42 @@ class Archives:
         remains), so they are never stale. With ``wait``, an unfinished task
         of this daemon's is answered when it finishes, or after ``wait``
         seconds (a long poll)."""
+        now = self.status_now(task_id, wait)
+        if now is not None:
+            return now
         task = self.tasks.get(task_id)
         if task is not None and wait > 0 and not task.done:
             return self.tasks.settled(task, wait).addCallback(
                 lambda _: self.status(task_id)
             )
-        if task is not None:
-            urls = (
-                {} if task.state is not State.SUCCESS else self._cached_urls(task.key)
-            )
-            if urls is not None:
-                return Status(urls, task, self.clock)
-        else:
-            known = self._status_known_here(task_id)
-            if known is not None:
-                return known
         return Deferred.fromCoroutine(self._status(task_id))
+
+    def status_now(self, task_id: str, wait: float = 0.0) -> Status | None:
+        """:meth:`status`'s answer when it needs no I/O and no waiting, else
+        None (nothing is started or asked): this daemon's task (a success
+        whose URLs are all cached), or another daemon's read lately."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            return self._status_known_here(task_id)
+        if wait > 0 and not task.done:
+            return None
+        if task.state is not State.SUCCESS:
+            return Status({}, task, self.clock)
+        urls = self._cached_urls(task.key)
+        return None if urls is None else Status(urls, task, self.clock)
 
     def _status_known_here(self, task_id: str) -> Status | None:
         """Another daemon's task, from what this one last read of it (and
         URLs it signed lately); None when that is not enough."""
-        found = self.tasks.coordinator.peek(task_id)
+        coordinator = self.tasks.coordinator
+        seen = coordinator.seen(task_id)
+        if seen is not None:
+            # A success elsewhere, standing here as a task that describes
+            # itself as its record says and keeps its rendered answer: a
+            # poll here costs what one at the owner does.
+            urls = self._cached_urls(seen.key)
+            return None if urls is None else Status(urls, seen, self.clock)
+        found = coordinator.peek(task_id)
         if found is None:
             return None
         if found["state"] != State.SUCCESS.value:

@@ -18,8 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from archiverd.errors import BadRequest
+from archiverd.keys import ArchiveRequest
 from archiverd.redact import redact_text
 from archiverd.schema import ConfigError, Table, setting
+from archiverd.storage.limits import parse_limit
 
 __all__ = ["Config", "ConfigError", "load", "parse", "setting"]
 
@@ -41,6 +44,12 @@ def _http_url(name: str, url: str, _: object = None, shown: str = "") -> str:
         shown = redact_text(shown or repr(url))
         raise ConfigError(f"{name}: expected an http(s) URL, got {shown}")
     return url
+
+
+def _access_log(name: str, path: str, _: object) -> str:
+    if not path or "\0" in path:
+        raise ConfigError(f"{name}: expected a file path")
+    return path
 
 
 def _public_url(name: str, url: str, _: object) -> str:
@@ -118,11 +127,90 @@ def _has_regions(name: str, backend: str, values: Mapping[str, Any]) -> str:
     return backend
 
 
+def _max_bytes(name: str, text: str, _: object) -> str:
+    try:
+        text and parse_limit(text)
+    except ValueError as e:
+        raise ConfigError(f"{name}: {e}") from None
+    return text
+
+
+def _expiry(name: str, seconds: float, values: Mapping[str, Any]) -> float:
+    shortest = 4 * (values["signed_url_expiry"] + 60)
+    if 0 < seconds < shortest:
+        raise ConfigError(
+            f"{name}: at least {shortest} s (4 x (signed_url_expiry + 60)), or 0"
+        )
+    return seconds
+
+
 def _redis_url(name: str, url: str, values: Mapping[str, Any]) -> str:
     schemes = ("redis", "rediss", "unix")
     if values["backend"] == "redis" and urlsplit(url).scheme not in schemes:
         raise ConfigError(f"{name}: expected redis://HOST:PORT/DB for backend 'redis'")
     return url
+
+
+#: A pre-warmed archive's form: subdir, suffix, and the rev's length.
+_SHAPE_KEYS = {"subdir": str, "suffix": str, "rev_length": int}
+
+
+def _shapes(name: str, shapes: tuple[Any, ...], _: object) -> tuple[Any, ...]:
+    kept = []
+    for i, shape in enumerate(shapes):
+        key = f"{name}[{i}]"
+        if not isinstance(shape, dict) or not shape.keys() <= _SHAPE_KEYS.keys():
+            raise ConfigError(f"{key}: expected {{ subdir = ..., suffix = ... }}")
+        for field_name, kind in _SHAPE_KEYS.items():
+            if field_name in shape and type(shape[field_name]) is not kind:
+                raise ConfigError(f"{key}.{field_name}: expected {kind.__name__}")
+        shape = {"subdir": "", "suffix": "tar.gz", "rev_length": 12, **shape}
+        if shape["rev_length"] not in (12, 40):
+            raise ConfigError(f"{key}.rev_length: expected 12 or 40")
+        try:
+            ArchiveRequest.parse("", "r", "0" * 12, shape["suffix"], shape["subdir"])
+        except BadRequest as e:
+            raise ConfigError(f"{key}: {e}") from None
+        kept.append(shape)
+    return tuple(kept)
+
+
+@dataclass(frozen=True)
+class PrewarmConfig:
+    """[sources.NAME.prewarm]: archive new pushes before anyone asks."""
+
+    #: Repo patterns watched (as in ``repos``); empty: pre-warm is off.
+    repos: tuple[str, ...] = setting((), each=_REPO)
+    #: Archives made of each new head: { subdir, suffix, rev_length }.
+    shapes: tuple[Mapping[str, Any], ...] = setting((), check=_shapes)
+    #: Also the shapes clients asked for in the repo within learn_window
+    #: seconds (at most learn_max per repo, the latest first).
+    learn: bool = False
+    learn_window: float = setting(7 * 86400.0, low=60, high=365 * 86400)
+    learn_max: int = setting(20, low=1, high=1000)
+    #: hgweb: seconds between polls of each watched repo.
+    interval: float = setting(10.0, low=1, high=3600)
+    #: Pushes (or new heads) archived when catching up after a gap.
+    max_gap: int = setting(100, low=1, high=10_000)
+    #: The webhook's secret (a string or { env = "NAME" }).
+    secret: str = setting(
+        "", refuse=(lambda s: 0 < len(s) < 16, "use 16 characters or more")
+    )
+    #: Where positions and learned shapes are kept without Redis
+    #: (default: under the file backend's root).
+    state: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.repos)
+
+
+def _prewarm(name: str, prewarm: PrewarmConfig, values: Mapping[str, Any]) -> Any:
+    if prewarm.enabled and values["kind"] == "template" and not prewarm.secret:
+        raise ConfigError(
+            f"{name}.secret: required: a template source's pushes come by webhook"
+        )
+    return prewarm
 
 
 @dataclass(frozen=True)
@@ -163,6 +251,7 @@ class SourceConfig:
     #: a value may be { env = "NAME" }. Never shown, like url_template's
     #: userinfo (sent as Basic auth) and secret query values.
     headers: Mapping[str, str] = setting(factory=dict, check=_headers)
+    prewarm: PrewarmConfig = setting(factory=PrewarmConfig, check=_prewarm)
 
     @property
     def host(self) -> str:
@@ -213,6 +302,12 @@ class FileConfig:
     secret: str | None = setting(
         None, refuse=(lambda s: len(s.encode()) < 32, "use at least 32 characters")
     )
+    #: Bytes kept under root ("200GiB", "500G", or "80%" of its file
+    #: system); past it the least recently used archives are evicted down
+    #: to 90% of it. "": no limit.
+    max_bytes: str = setting("", check=_max_bytes)
+    #: Seconds an archive may go unused before it is evicted; 0: no limit.
+    max_age: float = setting(0.0, low=0, high=10 * 365 * 86400)
 
 
 @dataclass(frozen=True)
@@ -228,6 +323,11 @@ class StorageConfig:
     #: Seconds one is remembered (an object deleted behind archiverd's back
     #: is noticed after this long).
     exists_cache_ttl: float = setting(3600.0, low=0, high=30 * 86400)
+    #: Seconds after which an object is deleted once stored (the buckets'
+    #: lifecycle rule; the file backend applies it itself): it is never
+    #: redirected to within signed_url_expiry + 60 s of it, and a popular
+    #: one is refreshed before. 0: objects never expire.
+    expire_after: float = setting(0.0, low=0, high=10 * 365 * 86400, check=_expiry)
     s3: S3Config = field(default_factory=S3Config)
     file: FileConfig = field(default_factory=FileConfig)
 
@@ -296,8 +396,9 @@ def _sources(table: Table, default: dict[str, SourceConfig]) -> Mapping[str, Any
     """[sources.NAME] tables (each checked, even if not enabled), and defaults."""
     sources = {}
     for name in list(table.raw):
-        # "status" and "files" are the web service's own routes.
-        if not re.match(r"[a-z0-9][a-z0-9_-]*\Z", name) or name in ("status", "files"):
+        # "status", "files" and "hooks" are the web service's own routes.
+        own = ("status", "files", "hooks")
+        if not re.match(r"[a-z0-9][a-z0-9_-]*\Z", name) or name in own:
             raise ConfigError(f"{table.name(name)}: bad source name")
         source = table.table(name)
         enabled = "enabled" not in source.raw or source.take("enabled", bool)
@@ -322,6 +423,9 @@ class Config:
     header_timeout: float = setting(30.0, low=1, high=3600)
     max_connections: int = setting(10_000, low=0, high=1_000_000)
     max_connections_per_client: int = setting(0, low=0, high=1_000_000)
+    #: A file for the access log, written by archiverd a second at a time and
+    #: reopened on SIGHUP or when moved (unset: through twistd's text log).
+    access_log: str | None = setting(None, check=_access_log)
     #: hg.mozilla.org stays served unless configured otherwise.
     sources: Mapping[str, SourceConfig] = setting(
         factory=lambda: {"hgmo": SourceConfig("hgmo")}, read=_sources
@@ -357,6 +461,18 @@ def apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
     """
     sources = raw.get("sources", {})
     for source, table in sources.items() if isinstance(sources, dict) else ():
+        prewarm = table.get("prewarm") if isinstance(table, dict) else None
+        secret = prewarm.get("secret") if isinstance(prewarm, dict) else None
+        if (
+            isinstance(prewarm, dict)
+            and isinstance(secret, dict)
+            and secret.keys() == {"env"}
+        ):
+            variable = str(secret["env"])
+            if not environ.get(variable):
+                key = f"sources.{source}.prewarm.secret"
+                raise ConfigError(f"{key}: environment variable {variable} unset")
+            prewarm["secret"] = environ[variable]
         headers = table.get("headers") if isinstance(table, dict) else None
         if not isinstance(headers, dict):
             continue

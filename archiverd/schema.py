@@ -41,6 +41,7 @@ _KINDS: dict[Any, tuple[type | tuple[type, ...], Callable[[Any], Any]]] = {
     float: ((int, float), float),
     tuple[str, ...]: (list, tuple),
     Mapping[str, str]: (dict, dict),
+    tuple[Mapping[str, Any], ...]: (list, tuple),
 }
 _T = TypeVar("_T")
 

@@ -32,19 +32,29 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
 from archiverd import __version__
+from archiverd.api.dashboard import Dashboard
 from archiverd.api.files import SignedFiles
 from archiverd.api.site import ArchiverSite, access_log_formatter
 from archiverd.api.web import ArchiverAPI
 from archiverd.archives import Archives
 from archiverd.config import Config, ConfigError, load
 from archiverd.ops.health import Health
-from archiverd.ops.logs import RequestLog, TimedRequest, use_json_logs
+from archiverd.ops.logs import (
+    RequestLog,
+    TimedRequest,
+    reopen_on_sighup,
+    use_json_logs,
+)
 from archiverd.ops.memory import fix_mmap_threshold
 from archiverd.ops.metrics import Metrics
+from archiverd.prewarm.service import build_prewarm
 from archiverd.storage.base import Storage
+from archiverd.storage.expiry import Refresher, default_window
 from archiverd.storage.files import FileStorage, WeakSecret
 from archiverd.storage.s3 import S3Storage
+from archiverd.storage.s3_dates import S3Dates
 from archiverd.storage.service import StorageService
+from archiverd.storage.sweeper import Sweeper
 from archiverd.tasks.coordinator import Coordinator, LocalCoordinator
 from archiverd.tasks.fleet import RedisCoordinator
 from archiverd.tasks.redis_store import RedisFleet
@@ -148,6 +158,11 @@ class Daemon(MultiService):
             exists_cache_ttl=config.storage.exists_cache_ttl,
             # A reused URL keeps at least 90% of its validity.
             signed_url_reuse=config.storage.signed_url_expiry / 10,
+            expire_after=config.storage.expire_after,
+            # A client sent to an object can still fetch it as long as its
+            # URL is valid, whatever the clock skew with S3.
+            expiry_margin=config.storage.signed_url_expiry + 60,
+            dates=S3Dates(backend) if isinstance(backend, S3Storage) else None,
         )
         self.files = backend if isinstance(backend, FileStorage) else None
         self.http_pool = HTTPConnectionPool(reactor)
@@ -155,15 +170,59 @@ class Daemon(MultiService):
         # Not treq's HTTPClient: it asks for and undoes gzip content coding,
         # and archives must be stored as upstream serves them.
         client = UpstreamClient(Agent(reactor, pool=self.http_pool))
-        sources = {
-            name: Source(sc, client, reactor) for name, sc in config.sources.items()
-        }
         self.metrics = Metrics()
+        self.storage.metrics = self.metrics
+        sources = {
+            name: Source(sc, client, reactor, metrics=self.metrics)
+            for name, sc in config.sources.items()
+        }
         self.fleet = build_fleet(config, reactor)
         self.tasks = self._task_service(config, reactor, sources)
         self.api = self._api(config, reactor, sources)
+        self.prewarm = build_prewarm(
+            config, self.api.archives, reactor, self.metrics, self.fleet,
+            self.storage.call,
+        )  # fmt: skip
         self.storage.setServiceParent(self)
+        for upkeep in self._upkeep(config, reactor):
+            upkeep.setServiceParent(self)
         self.tasks.setServiceParent(self)
+        if self.prewarm is not None:
+            # Stopped before the tasks: no new pre-warm work while they stop.
+            self.prewarm.setServiceParent(self)
+            self.api.hooks = self.prewarm.hooks
+            self.api.archives.observer = self.prewarm.prewarmer.asked
+
+    def _upkeep(self, config: Config, reactor: Any) -> list[Service]:
+        """The file root's retention and the refreshing of popular archives
+        close to expiry, as configured."""
+        storage, files = config.storage, config.storage.file
+        upkeep: list[Service] = []
+        if self.files is not None and (
+            files.max_bytes or files.max_age or storage.expire_after
+        ):
+            self.sweeper: Sweeper | None = Sweeper(
+                self.files,
+                self.storage,
+                reactor,
+                max_bytes=files.max_bytes,
+                max_age=files.max_age,
+                expire_after=storage.expire_after,
+                # A URL handed out is still valid, its use maybe unsaved.
+                min_idle=storage.signed_url_expiry + 10,
+                metrics=self.metrics,
+            )
+            upkeep.append(self.sweeper)
+        if storage.expire_after:
+            upkeep.append(
+                Refresher(
+                    self.storage,
+                    reactor,
+                    window=default_window(storage.expire_after),
+                    metrics=self.metrics,
+                )
+            )
+        return upkeep
 
     def _task_service(
         self, config: Config, reactor: Any, sources: dict[str, Source]
@@ -211,11 +270,13 @@ class Daemon(MultiService):
             self.tasks,
             reactor,
             signed_url_expiry=config.storage.signed_url_expiry,
+            # As the storage's: a URL handed out keeps 90% of its validity.
+            signed_url_reuse=config.storage.signed_url_expiry / 10,
             metrics=self.metrics,
         )
         files = None
         if self.files is not None:
-            files = SignedFiles(self.files, self.storage.call)
+            files = SignedFiles(self.files, self.storage.call, self.storage.forget)
         self.health = Health(self.storage, sources, reactor, fleet=self.fleet)
         return ArchiverAPI(
             archives,
@@ -227,6 +288,12 @@ class Daemon(MultiService):
             hold=config.tasks.hold,
             max_wait=config.tasks.max_wait,
             legacy_clients=config.tasks.legacy_clients,
+            dashboard=Dashboard(
+                archives,
+                self.metrics,
+                file_root=None if self.files is None else self.files.root,
+                max_bytes=config.storage.file.max_bytes,
+            ),
         )
 
     def open_files(self) -> None:
@@ -367,6 +434,18 @@ def _serve(daemon: Daemon, site: ArchiverSite, listen: str, reactor: Any) -> Non
     daemon.on_fatal = lambda: _stop_and_exit(reactor)
 
 
+def _raise_fd_limit() -> None:
+    """Open files up to the hard limit (a connection is a descriptor)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass  # a hard limit the kernel refuses as soft: keep the soft
+
+
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
@@ -374,6 +453,9 @@ def makeService(options: Options) -> MultiService:
     # Part buffers above the threshold (given back when freed), socket reads
     # below it (reused from the heap without a system call each).
     fix_mmap_threshold(256 * 1024)
+    # Each open connection is a file descriptor: let max_connections (10,000
+    # by default, with held requests and long polls) be reached.
+    _raise_fd_limit()
     # Every deadline on the monotonic clock: before anything is scheduled,
     # and before the Daemon's caches take ``reactor.seconds`` as their clock.
     schedule_on_monotonic(reactor)
@@ -405,7 +487,13 @@ def makeService(options: Options) -> MultiService:
         )
     else:
         site = ArchiverSite(
-            daemon.api, reactor=reactor, logFormatter=access_log_formatter, **limits
+            daemon.api,
+            reactor=reactor,
+            logFormatter=access_log_formatter,
+            logPath=config.access_log,
+            **limits,
         )
+        if config.access_log:
+            reopen_on_sighup(lambda: [log for log in [site.access_log] if log], reactor)
     _serve(daemon, site, listen, reactor)
     return daemon

@@ -32,5 +32,9 @@ SUCCESS_STATUS: Final = "Task completed! Check 's3_urls' for upload locations."
 #: Seconds of ``Retry-After`` on a 503 when the task table is full.
 RETRY_AFTER: Final = 5
 
+#: The header of a redirect to a stored archive that gives the archive's
+#: sha256 (hex), for the client to check what it downloads against.
+SHA256_HEADER: Final = "X-Archive-Sha256"
+
 #: HTTP statuses that carry a ``Location`` to follow.
 REDIRECTS: Final = (301, 302, 303, 307, 308)

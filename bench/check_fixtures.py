@@ -277,6 +277,7 @@ def check_sink(sink: Fixture) -> None:
         "puts": 1,
         "copies": 1,
         "aborted": 1,
+        "tagged": 0,
         "pending": 1,
         "objects": 2,
         "head": 4,

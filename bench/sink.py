@@ -19,6 +19,9 @@ AbortMultipartUpload       ``DELETE /b/k?uploadId=``
 PutObject                  ``PUT /b/k``
 CopyObject                 ``PUT /b/k`` with ``x-amz-copy-source`` (at most
                            5 GiB; onto itself only with REPLACE)
+PutObjectTagging           ``PUT /b/k?tagging`` (the body is not parsed: the
+                           object counts one tag)
+GetObjectTagging           ``GET /b/k?tagging``: an empty tag set
 HeadObject                 ``HEAD /b/k``
 GetObject                  ``GET /b/k``: an empty body, the size in
                            ``x-sink-size``
@@ -64,7 +67,15 @@ CONTENT_HEADERS = (
     "cache-control",
     "expires",
 )
-COUNTERS = ("bytes_received", "parts", "completed", "puts", "copies", "aborted")
+COUNTERS = (
+    "bytes_received",
+    "parts",
+    "completed",
+    "puts",
+    "copies",
+    "aborted",
+    "tagged",
+)
 
 
 class S3Error(Exception):
@@ -231,6 +242,8 @@ class SinkHandler(Handler):
                     return self.list_multipart_uploads
                 return self.list_objects
             return {"PUT": self.create_bucket, "HEAD": self.head_bucket}.get(method)
+        if "tagging" in query:
+            return {"PUT": self.put_tagging, "GET": self.get_tagging}.get(method)
         if method == "PUT":
             if "uploadId" in query:
                 return self.upload_part
@@ -481,6 +494,18 @@ class SinkHandler(Handler):
             b.counts["copies"] += 1
         body = tag("LastModified", iso(obj.modified)) + tag("ETag", obj.etag)
         return 200, {}, xml("CopyObjectResult", body)
+
+    def put_tagging(self, bucket: str, key: str, query: Any, size: int) -> Any:
+        with STATE.lock:
+            b = STATE.bucket(bucket)
+            self._object(bucket, key)
+            b.counts["tagged"] += 1
+        return 200, {}, b""
+
+    def get_tagging(self, bucket: str, key: str, query: Any, size: int) -> Any:
+        with STATE.lock:
+            self._object(bucket, key)
+        return 200, {}, xml("Tagging", "<TagSet></TagSet>")
 
     def _object(self, bucket: str, key: str) -> Obj:
         """The object (call with the lock); a 404 when there is none."""

@@ -56,14 +56,19 @@ class FileBackend(Protocol):
 
 #: Runs a blocking call off the reactor thread (the storage pool's ``call``).
 Offload = Callable[..., Awaitable[Any]]
+#: Told of an object found missing behind a valid signature (region, key, cause).
+Forget = Callable[[str, str, str], None]
 
 
 class SignedFiles:
     """Serves a file whose URL is signed, with Range support."""
 
-    def __init__(self, backend: FileBackend, offload: Offload) -> None:
+    def __init__(
+        self, backend: FileBackend, offload: Offload, forget: Forget | None = None
+    ) -> None:
         self.backend = backend
         self._offload = offload
+        self._forget = forget
 
     async def serve(self, request: IRequest, region: str, key: str) -> Any:
         """The resource that sends the file; 403 for a bad or expired
@@ -74,6 +79,10 @@ class SignedFiles:
             raise Forbidden("this link has expired or is not valid")
         stored = await self._offload(self.backend.open_object, region, key)
         if stored is None:
+            # Signed here, so archiverd thought it stored: never redirect
+            # to it again; the next request for it stores it anew.
+            if self._forget is not None:
+                self._forget(region, key, "files")
             raise NotFound("no such file")
         # The key spans several path segments; the file is this leaf itself.
         request.prepath.extend(request.postpath)  # type: ignore[attr-defined]

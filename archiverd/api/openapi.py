@@ -216,8 +216,19 @@ _PREFER = {
 }
 
 
+#: The page for people (``archiverd.api.page``), for a request whose Accept
+#: rates text/html above application/json.
+_PAGE: dict[str, Any] = {
+    "description": "The task's page for people (progress, then the download "
+    "link per region), for a request whose Accept rates `text/html` above "
+    "`application/json`. Other clients never get it.",
+    "content": {"text/html": {"schema": {"type": "string"}}},
+}
+
+
 def _archive_responses() -> dict[str, Any]:
     return {
+        "200": _PAGE,
         "202": _json(
             ref("Accepted"),
             "Not stored in the preferred region yet: one background task "
@@ -346,6 +357,41 @@ def _file_operations(regions: Sequence[str]) -> dict[str, Any]:
     )
 
 
+_HOOK: dict[str, Any] = {
+    "operationId": "postHook",
+    "summary": "A push webhook (pre-warm)",
+    "description": "A GitHub, Gitea or GitLab push event for a source with a "
+    "pre-warm `secret`, signed with it (`X-Hub-Signature-256`, "
+    "`X-Gitea-Signature`, `X-Gitlab-Token`). Answered at once; the pushed "
+    "head's archives are made in the background.",
+    "parameters": [
+        {
+            "name": "source",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "minLength": 1, "pattern": r"^[^/]+$"},
+        }
+    ],
+    "requestBody": {"content": {"application/json": {"schema": {}}}},
+    "responses": {
+        "202": _json(
+            {
+                "type": "object",
+                "required": ["pushes"],
+                "properties": {"pushes": {"type": "integer", "minimum": 0}},
+                "additionalProperties": False,
+            },
+            "Taken: `pushes` is 1 for a push of a watched repo, else 0.",
+        ),
+        "400": _error("A push event whose body is not a JSON object."),
+        "401": _error("Unsigned: no signature header."),
+        "403": _error("A wrong signature, or a delivery taken before."),
+        "404": _error("The source takes no webhooks."),
+        "413": _error("A body over 1 MiB."),
+    },
+}
+
+
 def openapi_document(
     sources: Iterable[str],
     regions: Sequence[str],
@@ -396,7 +442,13 @@ def openapi_document(
                     "`tasks.legacy_clients` see a permanent FAILURE as "
                     "SUCCESS with empty `s3_urls`, as the old service answered.",
                     **{"Preference-Applied": _PREFERENCE_APPLIED},
-                ),
+                )
+                | {
+                    "content": {
+                        "application/json": {"schema": ref("Status")},
+                        **_PAGE["content"],
+                    }
+                },
                 "400": _error(_BAD_URL),
                 "404": _error("The path matches no route (a `/` in the task id)."),
                 "503": _error(
@@ -417,6 +469,26 @@ def openapi_document(
             operation_id="getStatus",
         ),
         "/archiver/files/{region}/{key}": _file_operations(regions),
+        "/archiver/hooks/{source}": {"post": _HOOK},
+        **{
+            path: _operations(
+                "The page for people",
+                "What this daemon is and does: version, sources, storage per "
+                "region, the tasks in flight and queued, the last finished, "
+                "hits and misses. HTML for every client.",
+                {
+                    "200": {
+                        "description": "The page.",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+                operation_id=operation_id,
+            )
+            for path, operation_id in (
+                ("/", "getPage"),
+                ("/archiver/", "getArchiverPage"),
+            )
+        },
         OPENAPI_PATH: _operations(
             "This document",
             "The OpenAPI 3.1 description of this daemon, as configured.",

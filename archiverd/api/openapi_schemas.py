@@ -55,6 +55,11 @@ def schemas() -> dict[str, Any]:
                     "description": "On FAILURE: true when asking again cannot "
                     "help (upstream refused; the archive is too large).",
                 },
+                "prewarm": {
+                    "type": "boolean",
+                    "description": "Present (true) while the task was started by "
+                    "pre-warm and no client has asked for its archive.",
+                },
             },
             "additionalProperties": False,
         },

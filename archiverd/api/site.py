@@ -6,31 +6,70 @@ another server."""
 
 from __future__ import annotations
 
+import os
+import re
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.logger import Logger
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.logger import Logger, LoggingFile
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from werkzeug.exceptions import HTTPException
 
-from archiverd.api.channel import GuardedChannel
+from archiverd.api.channel import Deadlines, GuardedChannel
 from archiverd.api.hosts import HostCheck
 from archiverd.api.render import json_body
+from archiverd.api.request import ArchiverRequest
+from archiverd.ops.logs import AccessLogFile
 from archiverd.redact import has_secret, redact
 
 if TYPE_CHECKING:
     from archiverd.api.web import ArchiverAPI
 
 
+#: A byte Twisted's access log escapes (``http._escape``): all but printable
+#: ASCII, and the double quote and backslash.
+_ESCAPED = re.compile(rb'[^\x20-\x7e]|["\\]')
+_IP = (IPv4Address, IPv6Address)
+
+
 def access_log_formatter(timestamp: str, request: Any) -> str:
-    """Twisted's combined log format, with URL signatures redacted."""
-    referer = request.getHeader(b"referer") or b""
-    if not (has_secret(request.uri) or (referer and has_secret(referer))):
+    """Twisted's combined log format, with URL signatures redacted.
+
+    The common line (a client IP, fields of printable ASCII with no quote or
+    backslash, which Twisted's escaping leaves as they are) is built here
+    in one step: the same text at half of Twisted's cost, which escapes
+    each field through ``repr``. Anything else is Twisted's own.
+    """
+    uri = request.uri
+    referer = request.getHeader(b"referer")
+    if _may_hide(uri) or (referer and _may_hide(referer)):
+        return http.combinedLogFormatter(timestamp, _Redacted(request))
+    agent = request.getHeader(b"user-agent") or b"-"
+    referer = referer or b"-"
+    method = request.method
+    protocol = request.clientproto
+    address = request.getClientAddress()
+    if type(address) not in _IP or _ESCAPED.search(
+        b" ".join((method, uri, protocol, referer, agent))
+    ):
         return http.combinedLogFormatter(timestamp, request)
-    return http.combinedLogFormatter(timestamp, _Redacted(request))
+    return (
+        f'"{address.host}" - - {timestamp} "{method.decode()} {uri.decode()} '
+        f'{protocol.decode()}" {request.code:d} {request.sentLength or "-"} '
+        f'"{referer.decode()}" "{agent.decode()}"'
+    )
+
+
+def _may_hide(value: bytes) -> bool:
+    """:func:`~archiverd.redact.has_secret`, after a test that answers most
+    values at a tenth of its cost: every secret it finds is after a ``=``
+    or an ``@``, which a hit's or a poll's path has neither of."""
+    return (b"=" in value or b"@" in value) and has_secret(value)
 
 
 class _Redacted:
@@ -89,12 +128,18 @@ class ArchiverSite(Site):
         max_connections_per_client: int | None = None,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("requestFactory", ArchiverRequest)
+        kwargs.setdefault("logFormatter", access_log_formatter)  # redacted
         super().__init__(api.resource(), reactor=reactor, **kwargs)
         self._api = api
         self._metrics = api.metrics
         #: Given (request, route), logs the request instead of the access log.
         self._request_log = request_log
         self.header_timeout = header_timeout
+        #: The sweep that keeps connections' deadlines, on ``reactor``'s clock
+        #: (monotonic in the daemon; ``self.reactor`` may become a wall-clock
+        #: view of it).
+        self.deadlines = Deadlines(self.reactor, header_timeout or None)
         self.max_connections = max_connections
         self.max_connections_per_client = max_connections_per_client
         #: Open connections admitted, in all and by client address.
@@ -117,6 +162,7 @@ class ArchiverSite(Site):
     def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 (Twisted API)
         channel = super().buildProtocol(addr)
         channel.header_timeout = self.header_timeout
+        channel.deadlines = self.deadlines
         channel.send_timeout = self.timeOut
         return channel
 
@@ -159,13 +205,48 @@ class ArchiverSite(Site):
             )
             self._refusals = 0
 
+    def _openLogFile(self, path: str | bytes) -> AccessLogFile:  # noqa: N802
+        """``logPath`` (the ``access_log`` setting): a file archiverd writes
+        itself, a second at a time (:class:`~archiverd.ops.logs.AccessLogFile`)."""
+        return AccessLogFile(os.fsdecode(path), self.reactor)
+
+    @property
+    def access_log(self) -> AccessLogFile | None:
+        """The access log file while the Site serves, if it has one."""
+        out = self._logFile
+        return out if isinstance(out, AccessLogFile) else None
+
     def log(self, request: Any) -> None:
         route = route_of(request.path)
         self._metrics.count_request(route, request.code)
-        if self._request_log is None:
-            super().log(request)
-        else:
+        if self._request_log is not None:
             self._request_log(request, route)
+            return
+        out = self._logFile
+        if type(out) is AccessLogFile:
+            out.write(self._logFormatter(self._logDateTime, request) + "\n")
+            return
+        if type(out) is not LoggingFile:  # no access log
+            super().log(request)
+            return
+        # twistd's log: the event Twisted's LoggingFile (and its Logger) make
+        # of the line, made here in one step.
+        line = self._logFormatter(self._logDateTime, request)
+        if "\n" in line:
+            out.write(line + "\n")
+            return
+        logger = out.log
+        logger.observer(
+            {
+                "log_io": line,
+                "log_logger": logger,
+                "log_level": out.level,
+                "log_namespace": logger.namespace,
+                "log_source": logger.source,
+                "log_format": "{log_io}",
+                "log_time": time.time(),
+            }
+        )
 
 
 class Root(Resource):
@@ -181,12 +262,14 @@ class Root(Resource):
         self._hosts = hosts
 
     def _problem(self, request: Any) -> str | None:
-        if not request.path.startswith(b"/"):
+        path = request.path
+        if not path.startswith(b"/"):
             return "the request target must be a path"
-        try:
-            b"/".join(request.postpath).decode("utf-8")
-        except UnicodeDecodeError:
-            return "the URL is not valid UTF-8"
+        if not path.isascii() or b"%" in path:  # (else: ASCII once unquoted)
+            try:
+                b"/".join(request.postpath).decode("utf-8")
+            except UnicodeDecodeError:
+                return "the URL is not valid UTF-8"
         return self._hosts.problem(request)
 
     def render(self, request: Any) -> Any:

@@ -10,6 +10,10 @@ Routes parse, call one domain object (:class:`~archiverd.archives.Archives`,
 - ``GET /archiver/files/<region>/<key>?expires=&signature=``: objects of the
   local-files backend, behind URLs that archiverd signed.
 - ``GET /archiver/openapi.json``: this API's OpenAPI 3.1 description.
+- ``GET /`` (and ``/archiver/``): the page for people
+  (:mod:`archiverd.api.page`); a status or archive URL whose Accept prefers
+  ``text/html`` gets its task's page instead of JSON (``Vary: Accept``).
+- ``POST /archiver/hooks/<source>``: push webhooks (pre-warm), 202 at once.
 - ``GET /__lbheartbeat__``, ``/__heartbeat__``, ``/__version__``: Dockerflow.
 - ``GET /metrics``: Prometheus' text format.
 
@@ -32,12 +36,15 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import NotFound as RouteNotFound
-from werkzeug.routing import RequestRedirect
+from werkzeug.routing import BaseConverter, RequestRedirect
 
 from archiverd import wire
+from archiverd.api import page
 from archiverd.api.clients import LegacyClients, preferred_wait
+from archiverd.api.dashboard import Dashboard
 from archiverd.api.files import SignedFiles
 from archiverd.api.hosts import HostCheck
+from archiverd.api.hot import HotPath
 from archiverd.api.openapi import OPENAPI_PATH, openapi_document
 from archiverd.api.render import arg, json_body
 from archiverd.api.site import Root
@@ -52,6 +59,19 @@ from archiverd.errors import (
 )
 from archiverd.ops.health import Health, version_info
 from archiverd.ops.metrics import Metrics
+from archiverd.prewarm.hooks import HookRefused, Hooks
+
+
+class SourceName(BaseConverter):
+    """A source's name in an archive path: any segment but the fixed routes'
+    own (``hooks``), so that ``GET /archiver/hooks/x`` is a 405 (hooks are
+    POSTed) rather than a redirect to an archive path."""
+
+    regex = r"(?!hooks(?![^/]))[^/]+"
+
+
+#: Redirects remembered (cleared when full).
+REDIRECTS_REMEMBERED = 4096
 
 
 class ArchiverAPI:
@@ -59,6 +79,7 @@ class ArchiverAPI:
 
     app = Klein()
     app.url_map.merge_slashes = False
+    app.url_map.converters["source"] = SourceName
     log = Logger()
 
     def __init__(
@@ -73,8 +94,12 @@ class ArchiverAPI:
         hold: float = 0.0,
         max_wait: float = 60.0,
         legacy_clients: Iterable[str] = (),
+        dashboard: Dashboard | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.archives = archives
+        #: Push webhooks of sources that pre-warm (None: no source takes any).
+        self.hooks = hooks
         #: Seconds a request that starts or joins a task is held for it.
         self.hold = hold
         #: The longest ``Prefer: wait`` honoured.
@@ -88,11 +113,17 @@ class ArchiverAPI:
         self.files = files
         self.health = health
         self.metrics = metrics or Metrics()
+        #: What the page for people shows.
+        self.dashboard = dashboard or Dashboard(archives, self.metrics)
         #: The OpenAPI document, rendered on first request (see openapi.py).
         self._openapi: bytes | None = None
+        #: Location and page of each redirect lately made, by URL.
+        self._redirects: dict[str, tuple[bytes, bytes]] = {}
 
     def resource(self) -> Any:
-        return Root(self.app.resource(), self.hosts)
+        """The API's root: hits and polls answered ahead of Klein
+        (:mod:`archiverd.api.hot`), everything else routed by Klein."""
+        return Root(HotPath(self, self.app.resource()), self.hosts)
 
     # -- rendering ---------------------------------------------------------
 
@@ -111,6 +142,8 @@ class ArchiverAPI:
         if isinstance(found, Redirect):
             if wait:
                 request.setHeader("Preference-Applied", f"wait={wait:g}")
+            if found.sha256:
+                request.setHeader(wire.SHA256_HEADER, found.sha256)
             return self._redirect(request, found.url)
         self._applied(request, wait, found.task_id)
         self.metrics.misses.inc()
@@ -123,10 +156,18 @@ class ArchiverAPI:
     def _redirect(self, request: IRequest, url: str) -> bytes:
         self.metrics.hits.inc()
         url = self._absolute(request, url)
-        request.redirect(url.encode())
-        request.setHeader("Content-Type", "text/html; charset=utf-8")
-        link = html.escape(url)
-        return f'<p>The archive is at <a href="{link}">{link}</a>.</p>\n'.encode()
+        # A URL is handed out many times (until signed again): its Location
+        # and page are made once.
+        made = self._redirects.get(url)
+        if made is None:
+            if len(self._redirects) >= REDIRECTS_REMEMBERED:
+                self._redirects.clear()
+            link = html.escape(url)
+            page = f'<p>The archive is at <a href="{link}">{link}</a>.</p>\n'
+            made = self._redirects[url] = (url.encode(), page.encode())
+        request.redirect(made[0])
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        return made[1]
 
     def _wait(self, request: IRequest) -> float | None:
         """The seconds ``Prefer: wait=N`` asks for, capped by ``max_wait``,
@@ -167,7 +208,7 @@ class ArchiverAPI:
         if task is not None and task.done and task.rendered is not None:
             if task.rendered[0] == urls:
                 # A finished task's answer changes only with its URLs.
-                request.setHeader("Content-Type", "application/json")
+                request.setHeader(b"Content-Type", b"application/json")
                 return task.rendered[1]
         result = dict(status.result)
         result["s3_urls"] = urls
@@ -176,14 +217,68 @@ class ArchiverAPI:
             task.rendered = (urls, body)
         return body
 
+    # -- answers that need no I/O (the hot path's, archiverd/api/hot.py) -----
+
+    def archive_now(
+        self, request: IRequest, source: str, repo: str, rev: str
+    ) -> bytes | None:
+        """:meth:`archive`'s JSON-side answer when it is a hit answered from
+        the caches; else None, with nothing set on ``request`` (the route
+        answers: a miss, a task to hold for, an error)."""
+        try:
+            found = self.archives.stored(
+                source,
+                repo,
+                rev,
+                suffix=arg(request, "suffix", "tar.gz"),
+                subdir=arg(request, "subdir"),
+                preferred_region=arg(request, "preferred_region"),
+            )
+        except BadRequest:
+            return None
+        if found is None:
+            return None
+        request.setHeader("Vary", "Accept")
+        return self._located(found, request, self._wait(request))
+
+    def status_hold(self, request: IRequest) -> float:
+        """The seconds :meth:`status` holds this poll for an unfinished task
+        of this daemon's: ``Prefer: wait`` (capped), else ``tasks.hold`` for
+        an old client, else none."""
+        wait = self._wait(request)
+        hold = self.hold if wait is None and request in self.legacy else wait
+        return hold or 0.0
+
+    def status_now(
+        self, request: IRequest, task_id: str, waited: bool = False
+    ) -> bytes | None:
+        """:meth:`status`'s JSON-side answer when it needs no I/O and no
+        waiting (or, ``waited``, once its hold is over); else None, with
+        nothing set on ``request``."""
+        wait = self._wait(request)
+        hold = 0.0
+        if not waited:  # status_hold's, with ``wait`` read once
+            hold = (self.hold if wait is None and request in self.legacy else wait) or 0
+        status = self.archives.status_now(task_id, hold)
+        if status is None:
+            return None
+        request.setHeader("Vary", "Accept")
+        self._applied(request, wait, task_id)
+        return self._status(status, request)
+
     # -- routes ----------------------------------------------------------
 
-    @app.route("/archiver/<source>/<path:repo>/", methods=["GET", "HEAD"])
-    @app.route("/archiver/<source>/<path:repo>/<rev>", methods=["GET", "HEAD"])
+    @app.route("/archiver/<source:source>/<path:repo>/", methods=["GET", "HEAD"])
+    @app.route("/archiver/<source:source>/<path:repo>/<rev>", methods=["GET", "HEAD"])
     def archive(
         self, request: IRequest, source: str, repo: str, rev: str = ""
     ) -> bytes | Deferred[bytes]:
         """Redirect to the stored archive, or start fetching it (202)."""
+        request.setHeader("Vary", "Accept")
+        if page.prefers_html(request.getHeader(b"accept")):
+            return Deferred.fromCoroutine(
+                self._archive_page(request, source, repo, rev)
+            )
         wait = self._wait(request)
         found = self.archives.locate(
             source,
@@ -202,6 +297,9 @@ class ArchiverAPI:
     @app.route("/archiver/status/<task_id>", methods=["GET", "HEAD"])
     def status(self, request: IRequest, task_id: str) -> bytes | Deferred[bytes]:
         """A task's state, with URLs signed at poll time."""
+        request.setHeader("Vary", "Accept")
+        if page.prefers_html(request.getHeader(b"accept")):
+            return Deferred.fromCoroutine(self._status_page(request, task_id))
         wait = self._wait(request)
         self._applied(request, wait, task_id)
         if wait is None and request in self.legacy:
@@ -213,12 +311,55 @@ class ArchiverAPI:
             return status.addCallback(self._status, request)
         return self._status(status, request)
 
+    # -- the page for people ---------------------------------------------
+
+    @app.route("/", methods=["GET", "HEAD"])
+    @app.route("/archiver/", methods=["GET", "HEAD"])
+    async def home(self, request: IRequest) -> bytes:
+        """What this daemon is and does: its tasks, storage, hits and misses."""
+        overview = await self.dashboard.overview()
+        return page.send(
+            request, page.dashboard_page(overview, self._base_url(request))
+        )
+
+    async def _archive_page(
+        self, request: IRequest, source: str, repo: str, rev: str
+    ) -> bytes:
+        view = await self.dashboard.archive(
+            source,
+            repo,
+            rev,
+            suffix=arg(request, "suffix", "tar.gz"),
+            subdir=arg(request, "subdir"),
+            preferred_region=arg(request, "preferred_region"),
+        )
+        return page.send(request, page.task_page(view, self._base_url(request)))
+
+    async def _status_page(self, request: IRequest, task_id: str) -> bytes:
+        view = await self.dashboard.task(task_id)
+        return page.send(request, page.task_page(view, self._base_url(request)))
+
     @app.route("/archiver/files/<region>/<path:key>", methods=["GET", "HEAD"])
     async def file(self, request: IRequest, region: str, key: str) -> Any:
         """An object of the local-files backend, with Range support."""
         if self.files is None:
             raise NotFound("no such file")
         return await self.files.serve(request, region, key)
+
+    @app.route("/archiver/hooks/<source>", methods=["POST"])
+    def hook(self, request: IRequest, source: str) -> bytes:
+        """A push webhook: checked, its pre-warm started, answered at once."""
+        if self.hooks is None:
+            raise NotFound("no source takes webhooks")
+        # The channel caps request bodies, so this read is bounded.
+        body = request.content.read() if request.content is not None else b""
+
+        def header(name: str) -> str | None:
+            value = request.getHeader(name)
+            return None if value is None else str(value)
+
+        started = self.hooks.receive(source, header, body)
+        return json_body(request, {"pushes": started}, 202)
 
     @app.route("/__lbheartbeat__", methods=["GET", "HEAD"])
     def lbheartbeat(self, request: IRequest) -> bytes:
@@ -269,6 +410,10 @@ class ArchiverAPI:
     @app.handle_errors(Forbidden)
     def forbidden(self, request: IRequest, failure: Failure) -> bytes:
         return json_body(request, {"error": str(failure.value)}, 403)
+
+    @app.handle_errors(HookRefused)
+    def hook_refused(self, request: IRequest, failure: Failure) -> bytes:
+        return json_body(request, {"error": str(failure.value)}, failure.value.code)
 
     @app.handle_errors(NotFound)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:

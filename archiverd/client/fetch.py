@@ -43,7 +43,14 @@ from archiverd.client.http import (
 )
 from archiverd.client.progress import Progress
 from archiverd.util.backoff import Backoff
-from archiverd.wire import FAILURE, PENDING, REDIRECTS, SUCCESS, UNKNOWN_STATUS
+from archiverd.wire import (
+    FAILURE,
+    PENDING,
+    REDIRECTS,
+    SHA256_HEADER,
+    SUCCESS,
+    UNKNOWN_STATUS,
+)
 
 CHUNK = 1024 * 1024
 #: Seconds a single socket operation may block before the attempt fails.
@@ -241,7 +248,10 @@ class Client:
                 raise UsageError(error)
             location = answer.header("Location")
             if code in REDIRECTS and location:
-                return _Next(Located(urljoin(url, location)), url)
+                # archiverd names the archive's sha256 beside its redirect:
+                # S3 keeps it in a tag, which a download does not show.
+                sha256 = answer.header(SHA256_HEADER) or None
+                return _Next(Located(urljoin(url, location), sha256), url)
             if code == 202 and location:
                 # Held, the task has not stored the archive (yet): its status,
                 # held in turn, says how it goes, so ask for it at once (one

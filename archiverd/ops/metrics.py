@@ -73,6 +73,58 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.upstream_retries = Counter(
+            "archiverd_upstream_retries",
+            "Upstream requests retried, by source and cause: dns, refused, "
+            "timeout, reset, tls, unreachable, other (connection failures) "
+            "or 5xx.",
+            ["source", "cause"],
+            registry=r,
+        )
+        self.prewarmed = Counter(
+            "archiverd_prewarmed_archives",
+            "Archives stored by pre-warm tasks, before any client asked.",
+            registry=r,
+        )
+        self.prewarm_hits = Counter(
+            "archiverd_prewarm_hits",
+            "First client requests for an archive that found it stored by "
+            "pre-warm (counted by the daemon that pre-warmed it).",
+            registry=r,
+        )
+        self.watcher_errors = Counter(
+            "archiverd_watcher_errors",
+            "Pre-warm: failed polls of upstream, refused webhooks and failed "
+            "claims, by source.",
+            ["source"],
+            registry=r,
+        )
+        self.evictions = Counter(
+            "archiverd_evictions",
+            "Archives deleted by the file backend's retention, by reason: "
+            "size (max_bytes), age (max_age) or expired (expire_after).",
+            ["reason"],
+            registry=r,
+        )
+        self.evicted_bytes = Counter(
+            "archiverd_evicted_bytes", "Bytes freed by retention.", registry=r
+        )
+        self.refreshes = Counter(
+            "archiverd_refreshes",
+            "Popular archives whose expiry was restarted before it came, by "
+            "result: ok, gone (no longer stored) or failed.",
+            ["result"],
+            registry=r,
+        )
+        self.repairs = Counter(
+            "archiverd_repairs",
+            "Archives found missing while cached as stored, by how: head "
+            "(storage said 404), files (the files route found no file) or "
+            "eviction (retention, here or at a daemon sharing the root). The "
+            "next request stores them again where they lack.",
+            ["cause"],
+            registry=r,
+        )
         self.hits = self.archive_requests.labels("hit")
         self.misses = self.archive_requests.labels("miss")
         self._by_route: dict[tuple[str, int], Any] = {}

@@ -47,6 +47,10 @@ class Storage(Protocol):
     def exists(self, region: str, key: str) -> bool:
         """True when a complete object is stored under ``key``."""
 
+    def stat(self, region: str, key: str) -> str | None:
+        """The sha256 stored with the complete object under ``key`` (``""``
+        when it has none recorded), or None when there is no such object."""
+
     def signed_url(self, region: str, key: str, expires_in: int) -> str:
         """A URL that lets its holder GET the object for ``expires_in`` seconds.
 
@@ -63,6 +67,11 @@ class Storage(Protocol):
     def start_upload(self, region: str, key: str, info: ObjectInfo) -> str:
         """Begin a multipart upload; returns its upload id."""
 
+    def part_checksum(self, data: bytes) -> str | None:
+        """The checksum that every region's :meth:`upload_part` of ``data``
+        is sent with (computed once per part, whatever the number of
+        regions), or None when this storage takes none."""
+
     def upload_part(
         self,
         region: str,
@@ -71,8 +80,10 @@ class Storage(Protocol):
         number: int,
         offset: int,
         data: bytes,
+        checksum: str | None = None,
     ) -> str:
-        """Store part ``number`` (from 1) that starts at byte ``offset``.
+        """Store part ``number`` (from 1) that starts at byte ``offset``,
+        with its :meth:`part_checksum` when it has one.
 
         Returns the part's tag for :meth:`complete_upload`.
         """
@@ -87,7 +98,9 @@ class Storage(Protocol):
         sha256: str,
         size: int,
     ) -> None:
-        """Make the object visible, whole, with its sha256 in its metadata."""
+        """Make the object visible, whole, with its sha256 recorded (what
+        :meth:`stat` answers) at no cost of writing its bytes again. Returns
+        once the object is visible."""
 
     def abort_upload(self, region: str, key: str, upload_id: str) -> None:
         """Drop an unfinished upload and every part stored for it."""

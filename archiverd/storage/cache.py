@@ -45,6 +45,9 @@ class ExpiringLRU(Generic[K, V]):
         self._entries.move_to_end(key)
         return value
 
+    def discard(self, key: K) -> None:
+        self._entries.pop(key, None)
+
     def put(self, key: K, value: V) -> None:
         if self.size <= 0:
             return

@@ -23,36 +23,43 @@ operator's to place, and may be links).
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import secrets
 import stat
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode
 
 from archiverd.storage.base import ObjectInfo
+from archiverd.storage.secret import (
+    MIN_SECRET,
+    WeakSecret,
+    create_atomically,
+    read_secret,
+)
 
 PARTIAL = ".partial"
 SECRET_FILE = ".secret"
-#: Bytes of HMAC key below which signed URLs could be forged.
-MIN_SECRET = 32
+#: Held (flock) while an object is put in place or evicted, by every daemon.
+LOCK_FILE = ".lock"
+#: The errors of a file system with no room left.
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 #: Metadata files are a few hundred bytes; a larger one is not ours.
 _MAX_META = 64 * 1024
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO put in an object's place must not wait for a writer.
 _READ = os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW
-
-
-class WeakSecret(ValueError):
-    """The signing key cannot be trusted; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,11 @@ class FileStorage:
         self._secret = secret.encode() if secret else None
         self._clock = clock
         self._url_prefix = url_prefix
+        #: Set when a write found the file system full (retention then runs).
+        self.full = threading.Event()
+        self._counted = threading.Lock()
+        #: Bytes of the objects put in place since :meth:`take_published`.
+        self._published = 0
 
     # -- life cycle ------------------------------------------------------
 
@@ -107,12 +119,12 @@ class FileStorage:
     def _load_secret(self) -> bytes:
         path = self.root / SECRET_FILE
         try:
-            return _read_secret(path)
+            return read_secret(path)
         except FileNotFoundError:
             pass
         secret = secrets.token_hex(32).encode()
-        _create_atomically(path, secret)
-        return _read_secret(path)  # another daemon's, if it was first
+        create_atomically(path, secret)
+        return read_secret(path)  # another daemon's, if it was first
 
     def close(self) -> None:
         pass
@@ -127,6 +139,29 @@ class FileStorage:
     def _object_path(self, region: str, key: str) -> Path:
         digest = hashlib.sha256(key.encode()).hexdigest()
         return self._region(region) / digest[:2] / digest
+
+    def object_path(self, region: str, key: str) -> Path:
+        """Where the object of ``key`` lives (its metadata: ``.json`` beside)."""
+        return self._object_path(region, key)
+
+    @contextmanager
+    def locked(self, region: str) -> Iterator[None]:
+        """The region's lock, held across processes: objects are put in place
+        and evicted under it, so an eviction never removes a newer copy."""
+        fd = os.open(
+            self._region(region) / LOCK_FILE, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o600
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def take_published(self) -> int:
+        """Bytes put in place since the last call."""
+        with self._counted:
+            published, self._published = self._published, 0
+        return published
 
     def _partial_path(self, region: str, upload_id: str) -> Path:
         if not upload_id.isalnum():
@@ -158,6 +193,41 @@ class FileStorage:
             return False
         stored.file.close()
         return True
+
+    def stat(self, region: str, key: str) -> str | None:
+        """The stored object's sha256 (from its metadata), or None."""
+        stored = self.open_object(region, key)
+        if stored is None:
+            return None
+        stored.file.close()
+        return stored.sha256
+
+    def stored_at(self, region: str, key: str) -> float | None:
+        """When the object was stored or last refreshed (its mtime, which
+        archiverd sets from its own clock), or None if it is not stored."""
+        stored = self.open_object(region, key)
+        if stored is None:
+            return None
+        stored.file.close()
+        return stored.mtime
+
+    def refresh(
+        self, region: str, key: str, stored_before: float = float("inf")
+    ) -> float | None:
+        """Restart the object's expiry, if it was stored at or before
+        ``stored_before``: its stored time becomes now. Its stored time;
+        None if it is not stored."""
+        stored = self.open_object(region, key)
+        if stored is None:
+            return None
+        try:
+            if stored.mtime > stored_before:
+                return stored.mtime  # refreshed by another daemon
+            now = self._clock()
+            os.utime(stored.file.fileno(), (now, now))
+        finally:
+            stored.file.close()
+        return now
 
     def open_object(self, region: str, key: str) -> StoredFile | None:
         """The stored object, open, with its metadata; None if there is no
@@ -242,9 +312,19 @@ class FileStorage:
             "content_disposition": info.content_disposition,
         }
         meta_partial = partial.with_suffix(".json")
-        meta_partial.write_text(json.dumps(meta))
-        os.replace(meta_partial, target.with_suffix(".json"))
-        os.replace(partial, target)
+        with _full_is_said(self, region):
+            meta_partial.write_text(json.dumps(meta))
+        # Stored now, on archiverd's clock: the object's mtime is when it was
+        # stored (its expiry counts from it), its metadata's when it was
+        # last used (retention evicts the least recently used first).
+        now = self._clock()
+        os.utime(meta_partial, (now, now))
+        os.utime(partial, (now, now))
+        with self.locked(region):
+            os.replace(meta_partial, target.with_suffix(".json"))
+            os.replace(partial, target)
+        with self._counted:
+            self._published += size
 
     def put(
         self, region: str, key: str, data: bytes, info: ObjectInfo, sha256: str
@@ -269,6 +349,10 @@ class FileStorage:
         self._partial_path(region, upload_id).touch(exist_ok=False)
         return upload_id
 
+    def part_checksum(self, data: bytes) -> str | None:
+        """None: a positioned write into a local file needs no checksum."""
+        return None
+
     def upload_part(
         self,
         region: str,
@@ -277,14 +361,16 @@ class FileStorage:
         number: int,
         offset: int,
         data: bytes,
+        checksum: str | None = None,
     ) -> str:
         fd = os.open(self._partial_path(region, upload_id), os.O_WRONLY | _NOFOLLOW)
         try:
             view = memoryview(data)
-            while view:
-                written = os.pwrite(fd, view, offset)
-                view = view[written:]
-                offset += written
+            with _full_is_said(self, region):
+                while view:
+                    written = os.pwrite(fd, view, offset)
+                    view = view[written:]
+                    offset += written
         finally:
             os.close(fd)
         return str(number)
@@ -321,7 +407,20 @@ class FileStorage:
         return 0
 
 
-# -- reading without following links, writing the secret whole ----------------
+@contextmanager
+def _full_is_said(storage: FileStorage, region: str) -> Iterator[None]:
+    """A write that finds no room left flags the storage full (retention
+    then evicts at once) and fails with a message that says so."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _FULL:
+            raise
+        storage.full.set()
+        raise OSError(e.errno, f"storage {region} is full: {e.strerror}") from None
+
+
+# -- reading without following links ------------------------------------------
 
 
 def _read_meta(folder: int, name: str, key: str) -> dict[str, Any] | None:
@@ -345,59 +444,3 @@ def _read_meta(folder: int, name: str, key: str) -> dict[str, Any] | None:
     if meta["size"] is not None and type(meta["size"]) is not int:
         return None
     return meta
-
-
-def _read_secret(path: Path) -> bytes:
-    """The key in ``path``: a regular file only its owner may read, of at
-    least :data:`MIN_SECRET` bytes. FileNotFoundError if there is none."""
-    fix = f"delete it and archiverd will write a new one ({path}"
-    fix += ": links signed with the old one stop working), or set storage.file.secret"
-    try:
-        fd = os.open(path, _READ)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise WeakSecret(f"{path} is a symbolic link: {fix}") from None
-        raise
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise WeakSecret(f"{path} is not a regular file: {fix}")
-        if info.st_mode & 0o077:
-            raise WeakSecret(
-                f"{path} can be read by other users (mode "
-                f"{stat.S_IMODE(info.st_mode):o}): chmod 600 {path}"
-            )
-        secret = f.read(4096).strip()
-    if len(secret) < MIN_SECRET:
-        raise WeakSecret(
-            f"{path} holds {len(secret)} bytes, fewer than the {MIN_SECRET} "
-            f"a signing key needs: {fix}"
-        )
-    return secret
-
-
-def _create_atomically(path: Path, data: bytes) -> None:
-    """Write ``path`` whole or not at all: a temporary file, written and
-    flushed to disk, then linked into place (which never replaces a file
-    another process put there first) and the folder flushed too."""
-    temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            return
-        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-    finally:
-        temporary.unlink(missing_ok=True)

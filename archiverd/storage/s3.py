@@ -7,23 +7,38 @@ shared by the pool's threads (botocore clients are thread-safe).
 
 from __future__ import annotations
 
+import base64
+import zlib
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 import botocore.session
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
+from twisted.logger import Logger
 
 from archiverd.storage.base import MissingStorage, ObjectInfo
 
-#: CopyObject's limit; larger objects keep their sha256 out of the metadata.
-MAX_COPY_SIZE = 5 * 1024**3
+#: The object tag (and, for a single PUT, the metadata key) that holds an
+#: archive's sha256.
+SHA256_TAG = "sha256"
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 _NO_BUCKET = {"404", "NoSuchBucket", "NotFound"}
 
 
 class S3Storage:
-    """Objects in S3 (or an S3-compatible server at ``endpoint_url``)."""
+    """Objects in S3 (or an S3-compatible server at ``endpoint_url``).
+
+    An archive's sha256 is known only once its last byte is read, after its
+    multipart upload began (when metadata is fixed), so it is kept in the
+    object's ``sha256`` tag (a single PUT also has it in its metadata, as
+    ``x-amz-meta-sha256``). Tagging writes none of the object's bytes, where
+    copying the object onto itself to change its metadata wrote all of them
+    again (see docs/performance.md).
+    """
+
+    log = Logger()
 
     def __init__(
         self,
@@ -63,6 +78,7 @@ class S3Storage:
             ),
             response_checksum_validation="when_required",
         )
+        self._checksum = checksum
         self._clients: dict[str, Any] = {}
 
     def open(self) -> None:
@@ -104,6 +120,25 @@ class S3Storage:
             raise
         return True
 
+    def stat(self, region: str, key: str) -> str | None:
+        client, bucket = self._call(region)
+        try:
+            head = client.head_object(Bucket=bucket, Key=key)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in _MISSING:
+                return None
+            raise
+        sha256: str = head.get("Metadata", {}).get(SHA256_TAG, "")
+        if sha256 or not head.get("TagCount"):
+            return sha256
+        try:
+            tags = client.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in _MISSING:
+                return None  # deleted between the two calls
+            raise
+        return next((t["Value"] for t in tags if t["Key"] == SHA256_TAG), "")
+
     def signed_url(self, region: str, key: str, expires_in: int) -> str:
         # No request is made: botocore signs with the credentials it holds
         # (refreshing role credentials now and then, with short timeouts).
@@ -123,7 +158,8 @@ class S3Storage:
             Body=data,
             ContentType=info.content_type,
             ContentDisposition=info.content_disposition,
-            Metadata={"sha256": sha256},
+            Metadata={SHA256_TAG: sha256},
+            Tagging=urlencode({SHA256_TAG: sha256}),
         )
 
     def start_upload(self, region: str, key: str, info: ObjectInfo) -> str:
@@ -137,6 +173,15 @@ class S3Storage:
         upload_id: str = response["UploadId"]
         return upload_id
 
+    def part_checksum(self, data: bytes) -> str | None:
+        """The part's CRC32 as S3 takes it (base64 of 4 big-endian bytes),
+        computed once and sent with every region's copy of the part: botocore
+        computes none when it is given one (zlib lets go of the GIL)."""
+        if self._checksum != "crc32":
+            return None
+        crc = zlib.crc32(data)
+        return base64.b64encode(crc.to_bytes(4, "big")).decode("ascii")
+
     def upload_part(
         self,
         region: str,
@@ -145,10 +190,17 @@ class S3Storage:
         number: int,
         offset: int,
         data: bytes,
+        checksum: str | None = None,
     ) -> str:
         client, bucket = self._call(region)
+        extra = {} if checksum is None else {"ChecksumCRC32": checksum}
         response = client.upload_part(
-            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=data,
+            **extra,
         )
         etag: str = response["ETag"]
         return etag
@@ -172,17 +224,21 @@ class S3Storage:
                 "Parts": [{"PartNumber": n, "ETag": etag} for n, etag in parts]
             },
         )
-        if size <= MAX_COPY_SIZE:
-            # Metadata is fixed when an upload starts, before the sha256 is
-            # known: copy the object onto itself (server-side) to add it.
-            client.copy_object(
+        # Stored: its sha256 goes in a tag (no byte of it is written again).
+        # A tag that cannot be set costs only the hits of a daemon that did
+        # not store it: its redirects then carry no sha256.
+        try:
+            client.put_object_tagging(
                 Bucket=bucket,
                 Key=key,
-                CopySource={"Bucket": bucket, "Key": key},
-                MetadataDirective="REPLACE",
-                ContentType=info.content_type,
-                ContentDisposition=info.content_disposition,
-                Metadata={"sha256": sha256},
+                Tagging={"TagSet": [{"Key": SHA256_TAG, "Value": sha256}]},
+            )
+        except (ClientError, BotoCoreError) as e:
+            self.log.warn(
+                "{key} is stored in {region}, but not its sha256 tag: {error}",
+                key=key,
+                region=region,
+                error=str(e),
             )
 
     def abort_upload(self, region: str, key: str, upload_id: str) -> None:

@@ -15,6 +15,7 @@ thread for ``max_attempts x read_timeout``.)
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -26,6 +27,8 @@ from twisted.python.failure import Failure
 from archiverd.errors import StorageError
 from archiverd.storage.base import ObjectInfo, Storage
 from archiverd.storage.cache import ExpiringLRU
+from archiverd.storage.stored import StoredKeys
+from archiverd.storage.uses import Uses
 from archiverd.util.threads import BlockingPool, PoolStopped
 
 T = TypeVar("T")
@@ -49,13 +52,34 @@ class StorageService(Service):
         exists_cache_size: int = 100_000,
         exists_cache_ttl: float = 3600.0,
         signed_url_reuse: float = 30.0,
+        expire_after: float = 0.0,
+        expiry_margin: float = 0.0,
+        wall: Callable[[], float] = time.time,
+        metrics: Any = None,
+        dates: Any = None,
     ) -> None:
         self.storage = storage
+        #: What tells when an object was stored, and restarts its expiry:
+        #: the backend itself, or a strategy given for it (S3: s3_dates.py).
+        self.dates: Any = dates if dates is not None else storage
         self.regions = storage.regions
         self.default_region = storage.regions[0]
         self._reactor = reactor
-        #: (region, key) seen stored: archives are immutable (see cache.py).
-        self._known: ExpiringLRU[tuple[str, str], bool] = ExpiringLRU(
+        self.metrics = metrics
+        #: (region, key) seen stored, and since when (see stored.py).
+        self._known = StoredKeys(
+            exists_cache_size,
+            exists_cache_ttl,
+            reactor.seconds,
+            wall,
+            expire_after=expire_after,
+            margin=expiry_margin,
+        )
+        #: When each archive was last redirected to (see uses.py).
+        self.uses = Uses(max(exists_cache_size, 1000), reactor.seconds, wall)
+        self._expires_ins: set[int] = set()
+        #: Archives' sha256s, for the redirects to them (see :meth:`sha256`).
+        self._digests: ExpiringLRU[tuple[str, str], str] = ExpiringLRU(
             exists_cache_size, exists_cache_ttl, reactor.seconds
         )
         #: Signed URLs, handed out again for ``signed_url_reuse`` seconds.
@@ -135,21 +159,74 @@ class StorageService(Service):
         await self.call(self.storage.check, region)
 
     def known(self, region: str, key: str) -> bool:
-        """Whether the key was seen stored lately (no storage call)."""
-        return bool(self._known.get((region, key)))
+        """Whether the key was seen stored lately and is not about to expire
+        (no storage call)."""
+        return self._known.known(region, key)
+
+    @property
+    def stored(self) -> StoredKeys:
+        """The cache of stored keys (for the refresher)."""
+        return self._known
 
     def cached_signed_url(self, region: str, key: str, expires_in: int) -> str | None:
-        """A signed URL still fresh enough to hand out again, if any."""
-        return self._signed.get((region, key, expires_in))
+        """A signed URL still fresh enough to hand out again, if any (handing
+        it out is a use of the archive)."""
+        url = self._signed.get((region, key, expires_in))
+        if url is not None:
+            self.uses.record(region, key)
+        return url
+
+    def forget(self, region: str, key: str, cause: str, bar: float = 0.0) -> None:
+        """The object was found missing (``cause``: "head", "files",
+        "eviction"): no redirect to it any more; the next request for it
+        stores it again in the regions that lack it. With ``bar``, it counts
+        as missing for that many seconds whatever storage says (it is being
+        evicted), unless stored again meanwhile."""
+        if self._known.drop(region, key) and self.metrics is not None:
+            self.metrics.repairs.labels(cause).inc()
+        if bar > 0:
+            self._known.bar(region, key, bar)
+        for expires_in in self._expires_ins:
+            self._signed.discard((region, key, expires_in))
 
     async def exists(self, region: str, key: str) -> bool:
-        """Whether the key is stored; a yes is remembered (a no never is)."""
+        """Whether the key is stored and may be redirected to; a yes is
+        remembered (a no never is). With ``expire_after``, an object about
+        to expire counts as missing (it is fetched and stored again)."""
         if self.known(region, key):
             return True
-        found = await self.call(self.storage.exists, region, key)
+        if self._known.barred(region, key):
+            return False
+        stored_at = None
+        if self._known.expire_after > 0 and hasattr(self.dates, "stored_at"):
+            stored_at = await self.call(self.dates.stored_at, region, key)
+            found = stored_at is not None
+        else:
+            found = await self.call(self.storage.exists, region, key)
+        if not found:
+            if self._known.held(region, key):
+                self.forget(region, key, "head")
+            return False
+        if stored_at is not None and not self._known.redirectable(stored_at):
+            return False
+        self._known.put(region, key, stored_at)
+        return True
+
+    def cached_sha256(self, region: str, key: str) -> str | None:
+        """The stored archive's sha256 if known here (no storage call)."""
+        return self._digests.get((region, key))
+
+    async def sha256(self, region: str, key: str) -> str:
+        """The stored archive's sha256 ("" if it has none recorded, or is
+        not stored): known since this daemon stored it, or asked of storage
+        once (a tag in S3, the metadata of a file) and remembered."""
+        known = self._digests.get((region, key))
+        if known is not None:
+            return known
+        found = await self.call(self.storage.stat, region, key)
         if found:
-            self._known.put((region, key), True)
-        return found
+            self._digests.put((region, key), found)
+        return found or ""
 
     async def signed_url(self, region: str, key: str, expires_in: int) -> str:
         """A signed URL; one signed in the last ``signed_url_reuse`` seconds
@@ -158,14 +235,29 @@ class StorageService(Service):
         if cached is not None:
             return cached
         url = await self.call(self.storage.signed_url, region, key, expires_in)
+        self._expires_ins.add(expires_in)
         self._signed.put((region, key, expires_in), url)
+        self.uses.record(region, key)
         return url
+
+    async def refresh(self, region: str, key: str) -> float | None:
+        """Restart the object's expiry (see expiry.py), unless it was
+        refreshed since it was seen (by another daemon); its stored time now,
+        or None if it is no longer stored."""
+        seen = self._known.stored_at(region, key) or self._known.wall()
+        stored_at: float | None = await self.call(self.dates.refresh, region, key, seen)
+        if stored_at is None:
+            self.forget(region, key, "head")
+        else:
+            self._known.put(region, key, stored_at)
+        return stored_at
 
     async def put(
         self, region: str, key: str, data: bytes, info: ObjectInfo, sha256: str
     ) -> None:
         await self.call(self.storage.put, region, key, data, info, sha256)
-        self._known.put((region, key), True)
+        self._known.put(region, key)
+        self._digests.put((region, key), sha256)
 
     async def start_upload(self, region: str, key: str, info: ObjectInfo) -> str:
         return await self.call(self.storage.start_upload, region, key, info)
@@ -178,10 +270,23 @@ class StorageService(Service):
         number: int,
         offset: int,
         data: bytes,
+        checksum: str | None = None,
     ) -> str:
         return await self.call(
-            self.storage.upload_part, region, key, upload_id, number, offset, data
+            self.storage.upload_part,
+            region,
+            key,
+            upload_id,
+            number,
+            offset,
+            data,
+            checksum,
         )
+
+    async def part_checksum(self, data: bytes) -> str | None:
+        """The checksum every region's upload of this part is sent with,
+        computed once, on the pool (see ``Storage.part_checksum``)."""
+        return await self.call(self.storage.part_checksum, data)
 
     async def complete_upload(
         self,
@@ -203,7 +308,8 @@ class StorageService(Service):
             sha256,
             size,
         )
-        self._known.put((region, key), True)
+        self._known.put(region, key)
+        self._digests.put((region, key), sha256)
 
     async def abort_upload(self, region: str, key: str, upload_id: str) -> None:
         await self.call(self.storage.abort_upload, region, key, upload_id)

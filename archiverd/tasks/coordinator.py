@@ -60,6 +60,10 @@ class Coordinator(Protocol):
     def take_slot(self, task: Task, limit: int, report: Report) -> Deferred[None]:
         """Fires when ``task`` holds one of ``limit`` slots."""
 
+    def try_slot(self, task: Task, limit: int) -> Deferred[bool]:
+        """Take one of ``limit`` slots for ``task`` now, if one is free and
+        no task waits for one (a pre-warm task's way: it never queues)."""
+
     async def begin(self, task: Task) -> None:
         """``task`` has its slot and is STARTED: tell the others."""
 
@@ -73,7 +77,14 @@ class Coordinator(Protocol):
         """Another daemon's task's status fields, or None."""
 
     def peek(self, task_id: str) -> dict[str, Any] | None:
-        """:meth:`lookup`'s answer if known without asking anyone."""
+        """:meth:`lookup`'s answer if known without asking anyone (not to
+        be changed: it may answer every poll for a while)."""
+
+    def seen(self, task_id: str) -> Task | None:
+        """Another daemon's task that :meth:`peek` knows to have succeeded,
+        as a :class:`Task` that stands for it here (it describes itself with
+        :meth:`peek`'s fields, and keeps its rendered answer as this
+        daemon's own tasks do); else None."""
 
 
 def _nothing() -> None:
@@ -123,6 +134,12 @@ class LocalCoordinator:
         self._next = (task, limit, turn)
         return turn
 
+    def try_slot(self, task: Task, limit: int) -> Deferred[bool]:
+        if self._next is None and len(self._holders) < limit:
+            self._holders.add(task)
+            return succeed(True)
+        return succeed(False)
+
     async def begin(self, task: Task) -> None:
         pass
 
@@ -141,4 +158,7 @@ class LocalCoordinator:
         return None
 
     def peek(self, task_id: str) -> dict[str, Any] | None:
+        return None
+
+    def seen(self, task_id: str) -> Task | None:
         return None

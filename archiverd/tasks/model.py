@@ -55,6 +55,9 @@ class Task:
     finished: float | None = None
     size: int | None = None
     sha256: str | None = None
+    #: The length upstream said the archive has (Content-Length), if it did:
+    #: what the page for people measures progress against.
+    expected_size: int | None = None
     deferred: Deferred[None] | None = field(default=None, repr=False)
     #: The coordinator's claim on this archive (a fleet's lock token).
     token: str = ""
@@ -70,6 +73,11 @@ class Task:
     permanent: bool = False
     #: Requests held until it finishes (fired with the task when it does).
     waiters: list[Deferred[Task]] = field(default_factory=list, repr=False)
+    #: Started by pre-warm, and no client has asked for it since: it takes
+    #: a slot only while no client task waits for one.
+    prewarm: bool = False
+    #: While upstream cannot be reached: the retry under way, for people.
+    retrying: str = ""
 
     @property
     def ahead(self) -> int:
@@ -92,9 +100,11 @@ class Task:
     def status(self) -> str:
         """A sentence for people."""
         if self.state is State.PENDING:
+            if self.prewarm:
+                return "pre-warm: queued until a slot is free and no client waits"
             return f"queued ({self.ahead} ahead)"
         if self.state is State.STARTED:
-            return f"Downloading archive from {self.upstream_host}"
+            return self.retrying or f"Downloading archive from {self.upstream_host}"
         if self.state is State.PROGRESS:
             return f"Uploading: {self.bytes_received / 2**20:.1f} MiB so far"
         if self.state is State.SUCCESS:
@@ -117,6 +127,8 @@ class Task:
             result["sha256"] = self.sha256
         elif self.state is State.FAILURE:
             result["permanent"] = self.permanent
+        if self.prewarm:
+            result["prewarm"] = True
         return result
 
 
@@ -156,7 +168,10 @@ def to_record(described: dict[str, Any]) -> dict[str, str]:
     """:meth:`Task.describe`'s fields as text, for a fleet's task record."""
     fields = dict(_FIELDS)
     fields.update(_BY_STATE.get(described["state"], {}))
-    return {name: out(described[name]) for name, (out, _) in fields.items()}
+    record = {name: out(described[name]) for name, (out, _) in fields.items()}
+    if described.get("prewarm"):
+        record["prewarm"] = "1"
+    return record
 
 
 def from_record(record: dict[str, str] | None) -> dict[str, Any] | None:
@@ -165,4 +180,7 @@ def from_record(record: dict[str, str] | None) -> dict[str, Any] | None:
         return None
     fields = dict(_FIELDS)
     fields.update(_BY_STATE.get(record["state"], {}))
-    return {name: back(record.get(name, "")) for name, (_, back) in fields.items()}
+    found = {name: back(record.get(name, "")) for name, (_, back) in fields.items()}
+    if record.get("prewarm") == "1":
+        found["prewarm"] = True
+    return found

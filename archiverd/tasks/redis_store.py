@@ -34,6 +34,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from archiverd.errors import FleetUnavailable
+from archiverd.tasks import redis_lua
 from archiverd.util.threads import BlockingPool
 
 T = TypeVar("T")
@@ -49,103 +50,9 @@ _UNAVAILABLE = (
     OSError,
 )
 
-# Taken, or already ours (so that a retried SET cannot refuse its own lock).
-_ACQUIRE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return 1
-end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
-# KEYS: slots zset (token -> expiry ms). ARGV: token, limit, ttl ms.
-_TAKE_SLOT = (
-    _NOW
-    + """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local expiry = string.format('%d', now + tonumber(ARGV[3]))
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-    redis.call('ZADD', KEYS[1], expiry, ARGV[1])
-    return 1
-end
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
-    redis.call('ZADD', KEYS[1], expiry, ARGV[1])
-    return 1
-end
-return 0
-"""
-)
-
-# KEYS: slots zset. ARGV: token, ttl ms. An expired slot is not renewed.
-_RENEW_SLOT = (
-    _NOW
-    + """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if score and tonumber(score) > now then
-    redis.call('ZADD', KEYS[1], string.format('%d', now + tonumber(ARGV[2])),
-               ARGV[1])
-    return 1
-end
-return 0
-"""
-)
-
-# KEYS: queue zset (token -> place), expiry zset (token -> expiry ms), place
-# counter. ARGV: token, ttl ms. Keeps a token's place; refreshes its expiry.
-_ENQUEUE = (
-    _NOW
-    + """
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-    redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[3]), ARGV[1])
-end
-redis.call('ZADD', KEYS[2], string.format('%d', now + tonumber(ARGV[2])), ARGV[1])
-return 1
-"""
-)
-
-# KEYS: queue zset, expiry zset. ARGV: token. Drops expired entries first.
-_POSITION = (
-    _NOW
-    + """
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
-for i = 1, #expired, 500 do
-    local batch = {unpack(expired, i, math.min(i + 499, #expired))}
-    redis.call('ZREM', KEYS[1], unpack(batch))
-    redis.call('ZREM', KEYS[2], unpack(batch))
-end
-return redis.call('ZRANK', KEYS[1], ARGV[1])
-"""
-)
-
-# The holder's heartbeat, fenced: renew the lock and rewrite the task record,
-# only while the lock is still this token's, and never with an older write of
-# its own (writes may reach Redis out of order over the pool's connections).
-# KEYS: lock, record; ARGV: token, lock ttl ms, record ttl ms, seq, fields...
-_KEEP = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-local mine = redis.call('HGET', KEYS[2], 'token') == ARGV[1]
-if mine and tonumber(redis.call('HGET', KEYS[2], 'seq')) >= tonumber(ARGV[4]) then
-  return 1
-end
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], 'token', ARGV[1], 'seq', ARGV[4], unpack(ARGV, 5))
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return 1
-"""
+#: What :meth:`RedisFleet.turn` answers besides a place in the queue.
+SLOT_TAKEN = -1
+LOCK_LOST = -2
 
 
 def default_instance() -> str:
@@ -213,13 +120,12 @@ class RedisFleet:
         self._scripts = {
             name: self._client.register_script(lua)
             for name, lua in (
-                ("acquire", _ACQUIRE),
-                ("release", _RELEASE),
-                ("take_slot", _TAKE_SLOT),
-                ("renew_slot", _RENEW_SLOT),
-                ("enqueue", _ENQUEUE),
-                ("position", _POSITION),
-                ("keep", _KEEP),
+                ("acquire", redis_lua.ACQUIRE),
+                ("release", redis_lua.RELEASE),
+                ("take_slot", redis_lua.TAKE_SLOT),
+                ("keep", redis_lua.KEEP),
+                ("turn", redis_lua.TURN),
+                ("finish", redis_lua.FINISH),
             )
         }
         self._started = False
@@ -343,10 +249,10 @@ class RedisFleet:
 
     # -- locks ---------------------------------------------------------------
 
-    async def acquire(self, key: str, ttl: float) -> str | None:
+    async def acquire(self, key: str, ttl: float, token: str = "") -> str | None:
         """Take the lock on ``key`` for ``ttl`` seconds: its token, or None
-        when another holds it."""
-        token = self._token()
+        when another holds it. Given the token it holds, renews it."""
+        token = token or self._token()
         taken = await self._script(
             "acquire", [self._key("lock", key)], [token, milliseconds(ttl)]
         )
@@ -376,45 +282,11 @@ class RedisFleet:
             )
         )
 
-    async def renew_slot(self, token: str, ttl: float) -> bool:
-        """Keep the slot ``ttl`` seconds more; False if it had expired."""
-        return bool(
-            await self._script(
-                "renew_slot", [self._key("slots")], [token, milliseconds(ttl)]
-            )
-        )
-
-    async def release_slot(self, token: str) -> None:
-        await self._call(self._client.zrem, self._key("slots"), token)
-
     # -- fleet queue ---------------------------------------------------------
 
-    async def enqueue(self, token: str, ttl: float = 30.0) -> None:
-        """Join the queue (or, if in it, keep its place) for ``ttl`` seconds:
-        call again before then to stay, or :meth:`position` drops it."""
-        await self._script(
-            "enqueue",
-            [self._key("queue"), self._key("queue", "expiry"), self._key("queue", "n")],
-            [token, milliseconds(ttl)],
-        )
-
-    async def position(self, token: str) -> int | None:
-        """How many are ahead of ``token`` in the queue; None if not in it."""
-        rank = await self._script(
-            "position",
-            [self._key("queue"), self._key("queue", "expiry")],
-            [token],
-        )
-        return None if rank is None else int(rank)
-
-    async def dequeue(self, token: str) -> None:
-        await self._call(self._dequeue, token)
-
-    def _dequeue(self, token: str) -> None:
-        with self._client.pipeline(transaction=True) as pipe:
-            pipe.zrem(self._key("queue"), token)
-            pipe.zrem(self._key("queue", "expiry"), token)
-            pipe.execute()
+    async def queue_length(self) -> int:
+        """How many wait in the queue (entries not yet dropped as expired)."""
+        return int(await self._call(self._client.zcard, self._key("queue")))
 
     # -- task records --------------------------------------------------------
 
@@ -427,9 +299,11 @@ class RedisFleet:
         fields: dict[str, str],
         record_ttl: float,
         seq: int,
+        slot_ttl: float | None = None,
     ) -> bool:
         """While ``token`` holds the lock on ``key``: renew it for
-        ``lock_ttl`` and replace the task's record with ``fields`` for
+        ``lock_ttl`` (and, given ``slot_ttl``, its slot for that long, unless
+        the slot expired) and replace the task's record with ``fields`` for
         ``record_ttl``, in one atomic step, unless the record already holds
         this token's write ``seq`` or a later one. False (nothing written)
         when the lock is no longer ours: a holder that lost it cannot
@@ -437,11 +311,106 @@ class RedisFleet:
         return bool(
             await self._script(
                 "keep",
-                [self._key("lock", key), self._key("task", task_id)],
+                [
+                    self._key("lock", key),
+                    self._key("task", task_id),
+                    self._key("slots"),
+                ],
                 [token, milliseconds(lock_ttl), milliseconds(record_ttl), seq]
+                + [0 if slot_ttl is None else milliseconds(slot_ttl)]
                 + _flatten(fields),
             )
         )
+
+    async def turn(
+        self,
+        key: str,
+        token: str,
+        lock_ttl: float,
+        task_id: str,
+        *,
+        limit: int,
+        started: dict[str, str],
+        queued: dict[str, str],
+        record_ttl: float,
+        seq: int,
+    ) -> int:
+        """A task's turn at the fleet's ``limit`` slots, in one round trip,
+        while ``token`` holds the lock on ``key`` (renewed for ``lock_ttl``):
+
+        - :data:`SLOT_TAKEN` when nobody waits ahead and a slot was free: the
+          task holds it (for ``lock_ttl``), has left the queue, and its
+          record is ``started``;
+        - else how many wait ahead of it in the fleet's queue (0 or more):
+          it joined the queue, or kept its place there for ``lock_ttl``, and
+          its record is ``queued``;
+        - :data:`LOCK_LOST` (nothing done) when the lock is not ``token``'s.
+
+        An empty record is not written; a record is written as :meth:`keep`
+        writes it (never over a later ``seq`` of this token's).
+        """
+        ttl = milliseconds(lock_ttl)
+        first = _flatten(started) if started else []
+        return int(
+            await self._script(
+                "turn",
+                [
+                    self._key("lock", key),
+                    self._key("task", task_id),
+                    self._key("queue"),
+                    self._key("queue", "expiry"),
+                    self._key("queue", "n"),
+                    self._key("slots"),
+                ],
+                [token, ttl, milliseconds(record_ttl), seq, int(limit), ttl, ttl]
+                + [len(first)]
+                + first
+                + (_flatten(queued) if queued else []),
+            )
+        )
+
+    async def finish(
+        self,
+        key: str,
+        token: str,
+        task_id: str,
+        fields: dict[str, str] | None,
+        record_ttl: float,
+        seq: int,
+    ) -> bool:
+        """A task's end, in one round trip: ``token`` leaves the queue and
+        gives back its slot; then, given ``fields`` and while it holds the
+        lock on ``key``, the record becomes ``fields`` (for ``record_ttl``)
+        and the lock is released. False when the lock was not ``token``'s
+        (nothing written, nothing released)."""
+        args: list[Any] = [token, milliseconds(record_ttl), seq]
+        return bool(
+            await self._script(
+                "finish",
+                [
+                    self._key("lock", key),
+                    self._key("task", task_id),
+                    self._key("queue"),
+                    self._key("queue", "expiry"),
+                    self._key("slots"),
+                ],
+                args + (_flatten(fields) if fields is not None else []),
+            )
+        )
+
+    # -- small shared state (pre-warm positions, learned shapes) -------------
+
+    async def load_hash(self, name: str) -> dict[str, str]:
+        record = await self._call(self._client.hgetall, self._key(name))
+        return {str(k): str(v) for k, v in record.items()}
+
+    async def save_hash(self, name: str, fields: dict[str, str]) -> None:
+        if fields:
+            await self._call(self._client.hset, self._key(name), mapping=fields)
+
+    async def drop_from_hash(self, name: str, fields: list[str]) -> None:
+        if fields:
+            await self._call(self._client.hdel, self._key(name), *fields)
 
     async def load_task(self, task_id: str) -> dict[str, str] | None:
         """The task's record; None if there is none (or it expired)."""

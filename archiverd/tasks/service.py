@@ -17,6 +17,7 @@ that was killed (this one before a restart, or another in a fleet).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -33,10 +34,14 @@ from archiverd.ops.metrics import Metrics
 from archiverd.tasks.coordinator import Coordinator, LocalCoordinator
 from archiverd.tasks.line import WaitingLine
 from archiverd.tasks.model import CANCELLED, Runner, State, Task
+from archiverd.tasks.standby import Standby
 from archiverd.util.deferreds import SingleFlight
 
 #: Aborts the multipart uploads of a key left pending in some regions.
 Cleaner = Callable[[str, Sequence[str]], Awaitable[None]]
+
+#: How many finished tasks :attr:`TaskService.recent` keeps.
+RECENT = 50
 
 
 class TaskService(Service):
@@ -65,11 +70,19 @@ class TaskService(Service):
         self.max_concurrent = max_concurrent
         self.max_tasks = max_tasks
         self._tasks: dict[str, Task] = {}
+        #: The last tasks to finish, newest last (for the page for people).
+        self._recent: deque[Task] = deque(maxlen=RECENT)
         self._working = 0
         self._stopping = False
         #: This daemon's tasks waiting for a slot, first come first; only
         #: the first asks the coordinator for one.
         self._line = WaitingLine()
+        #: Pre-warm tasks waiting for a slot no client's task waits for.
+        self._standby = Standby(
+            clock,
+            lambda task: self.coordinator.try_slot(task, self.prewarm_limit),
+            lambda: len(self._line) > 0,
+        )
         #: Claims in progress, by task id.
         self._claims: SingleFlight[str, str] = SingleFlight()
         self._expiry = LoopingCall(self._tick)
@@ -94,6 +107,7 @@ class TaskService(Service):
         super().stopService()
         self._stopping = True  # queued tasks are cancelled, not started
         self._line.close()  # at once, not one renumbering per queued task
+        self._standby.close()
         if self._expiry.running:
             self._expiry.stop()
         running = [t.deferred for t in self._tasks.values() if t.deferred is not None]
@@ -117,9 +131,25 @@ class TaskService(Service):
         return task
 
     def active(self, task_id: str) -> Task | None:
-        """The task with this id if it is still working."""
+        """The task with this id if it is still working, for a client that
+        asks for its archive (a pre-warm task becomes a client task)."""
         task = self._tasks.get(task_id)
-        return task if task is not None and not task.done else None
+        if task is None or task.done:
+            return None
+        self._promote(task)
+        return task
+
+    @property
+    def prewarm_limit(self) -> int:
+        """Slots pre-warm tasks may hold: all but one, so that a client's
+        task starts at once when no other client's task holds the last."""
+        return max(1, self.max_concurrent - 1)
+
+    def _promote(self, task: Task) -> None:
+        """A client asked for ``task``'s archive: it is a client task now."""
+        if task.prewarm:
+            task.prewarm = False
+            self._standby.promote(task)
 
     def joinable(self, task_id: str, since: float) -> Task | None:
         """This daemon's task for ``task_id`` if a request may join it: it is
@@ -185,9 +215,13 @@ class TaskService(Service):
         upstream_host: str,
         since: float,
         stored_in: Callable[[], Awaitable[Sequence[str]]],
+        *,
+        prewarm: bool = False,
     ) -> str:
         """Make sure some task (here or at another daemon) stores ``request``
-        in ``regions``; its id.
+        in ``regions``; its id. A pre-warm claim (``prewarm``) starts a task
+        that yields to clients' tasks; a client's claim that joins one makes
+        it a client task.
 
         ``since`` is when the caller last looked in storage; ``stored_in``
         looks again, which a shared coordinator needs once the claim is
@@ -195,13 +229,22 @@ class TaskService(Service):
         claims for one archive share one (one coordinator call, not 1,000).
         """
         task_id = request.task_id
-        if self.joinable(task_id, since) is not None:
+        joined = self.joinable(task_id, since)
+        if joined is not None:
+            if not prewarm:
+                self._promote(joined)
             return task_id
         self._check_room(task_id)
 
         def start(token: str, missing: Sequence[str]) -> Task:
             return self.submit(
-                request, src_url, missing, upstream_host, since, token=token
+                request,
+                src_url,
+                missing,
+                upstream_host,
+                since,
+                token=token,
+                prewarm=prewarm,
             )
 
         return await self._claims.run(
@@ -243,6 +286,7 @@ class TaskService(Service):
         since: float,
         *,
         token: str = "",
+        prewarm: bool = False,
     ) -> Task:
         """The task that stores ``request`` in ``regions``, started if needed.
 
@@ -252,6 +296,8 @@ class TaskService(Service):
         """
         task = self.joinable(request.task_id, since)
         if task is not None:
+            if not prewarm:
+                self._promote(task)
             return task
         self._check_room(request.task_id)
         task = Task(
@@ -261,6 +307,7 @@ class TaskService(Service):
             self._clock.seconds(),
             upstream_host=upstream_host,
             token=token,
+            prewarm=prewarm,
         )
         self._tasks[task.task_id] = task
         d = Deferred.fromCoroutine(self._run(task))
@@ -304,6 +351,7 @@ class TaskService(Service):
         finally:
             unwatch()
             await coordinator.settle(task)
+            self._standby.offer()  # a slot freed: pre-warm's, if no client waits
 
     async def _wait_turn(self, task: Task) -> None:
         """Wait, first come first served, until ``task`` holds a slot.
@@ -311,6 +359,8 @@ class TaskService(Service):
         Only the first task in the line asks the coordinator; the others
         wait there, behind it.
         """
+        if task.prewarm and await self._standby.wait(task):
+            return  # a slot no client's task waited for
         line = self._line
         turn = line.join(task)
         try:
@@ -321,6 +371,8 @@ class TaskService(Service):
                 raise CancelledError()
         finally:
             line.leave(task)
+            if not line:
+                self._standby.offer()
 
     async def _work(self, task: Task) -> None:
         task.state = State.STARTED
@@ -387,6 +439,9 @@ class TaskService(Service):
         task.error = error
         task.finished = self._clock.seconds()
         task.deferred = None
+        self._recent.append(task)
+        if state is State.SUCCESS and task.prewarm:
+            self._metrics.prewarmed.inc()
         began = task.started if task.started is not None else task.created
         self._metrics.task_duration.labels(state.value).observe(task.finished - began)
         waiters, task.waiters = task.waiters, []
@@ -430,9 +485,20 @@ class TaskService(Service):
     def working(self) -> int:
         return self._working
 
+    def unfinished(self) -> list[Task]:
+        """This daemon's unfinished tasks, running or queued, oldest first."""
+        tasks = [t for t in self._tasks.values() if not t.done]
+        tasks.sort(key=lambda t: t.created)
+        return tasks
+
+    @property
+    def recent(self) -> list[Task]:
+        """The last :data:`RECENT` tasks to finish, newest first."""
+        return list(reversed(self._recent))
+
     @property
     def queued(self) -> int:
-        return len(self._line)
+        return len(self._line) + len(self._standby)
 
 
 def _cancel_timer(result: Any, timer: Any) -> Any:

@@ -74,6 +74,7 @@ class Transfer:
         part_size: int,
         window: int,
         on_progress: Callable[[int], None] = lambda received: None,
+        on_retry: Callable[[str], None] = lambda status: None,
         clock: IReactorTime | None = None,
         offload: Callable[..., Awaitable[Any]] | None = None,
         read_size: int | None = None,
@@ -104,6 +105,8 @@ class Transfer:
         self.part_size = part_size
         self.window = window
         self.on_progress = on_progress
+        #: Told the status while upstream is retried; "" once it answers.
+        self.on_retry = on_retry
         self._parts = 0
         self._uploads: dict[str, Shared[str]] = {}
         self._etags: dict[str, list[tuple[int, str]]] = {r: [] for r in self.regions}
@@ -120,6 +123,8 @@ class Transfer:
         self._format: FormatCheck | None = None
         #: For a rev asked for by name: the look that it did not move.
         self._confirmed: Deferred[None] | None = None
+        #: The body's length as upstream announced it, if it did.
+        self.expected_size: int | None = None
 
     async def run(self) -> Outcome:
         """Download and store; raises on any failure, leaving nothing behind."""
@@ -158,7 +163,10 @@ class Transfer:
     async def _ask(self) -> Any:
         """Upstream's answer, once it is a body archiverd may store."""
         asked = self.clock.seconds() if self.clock is not None else None
-        response = await self.source.get(self.url)
+        try:
+            response = await self.source.get(self.url, on_retry=self.on_retry)
+        finally:
+            self.on_retry("")
         if asked is not None and self.clock is not None:
             self.metrics.upstream_ttfb.observe(self.clock.seconds() - asked)
         if response.code in REFUSALS:
@@ -169,6 +177,8 @@ class Transfer:
                     f"{self.source.host} answered {response.code} for {self.shown_url}"
                 )
             self._format = self._rules.accept(response)
+            length = getattr(getattr(response, "original", response), "length", None)
+            self.expected_size = length if isinstance(length, int) else None
         except UpstreamError:
             # Its body goes unread: dropped (within idle_timeout), so that
             # the connection is not held open.
@@ -281,8 +291,9 @@ class Transfer:
         self, number: int, offset: int, data: Any, hashing: Shared[None]
     ) -> None:
         """A part is done when stored everywhere and hashed: only then may
-        its memory go."""
-        await self._for_each_region(self._store_part, number, offset, data)
+        its memory go. Its checksum is computed once for every region."""
+        checksum = await self.storage.part_checksum(data)
+        await self._for_each_region(self._store_part, number, offset, data, checksum)
         await hashing.wait()
 
     def _part_settled(self, result: object, d: Deferred[None]) -> object:
@@ -315,7 +326,12 @@ class Transfer:
         return await self._uploads[region].wait()
 
     async def _store_part(
-        self, region: str, number: int, offset: int, data: bytes
+        self,
+        region: str,
+        number: int,
+        offset: int,
+        data: bytes,
+        checksum: str | None = None,
     ) -> None:
         upload_id = await self._upload_id(region)
         etag = await self._storage_call(
@@ -327,6 +343,7 @@ class Transfer:
             number,
             offset,
             data,
+            checksum,
         )
         self._etags[region].append((number, etag))
         self.metrics.uploaded_bytes.labels(region).inc(len(data))
@@ -442,12 +459,19 @@ class Fetcher:
             part_size=self.part_size,
             window=self.window,
             on_progress=on_progress,
+            on_retry=lambda status: setattr(task, "retrying", status),
             clock=self.clock,
             offload=self.storage.call,
             read_size=self.read_size,
             metrics=self.metrics,
             fence=task.fence,
         )
+
+        def progress(received: int) -> None:
+            task.expected_size = transfer.expected_size
+            on_progress(received)
+
+        transfer.on_progress = progress
         limit = source.config.total_timeout
         run = Deferred.fromCoroutine(transfer.run())
         run.addTimeout(limit, self.clock)

@@ -27,6 +27,7 @@ from archiverd.errors import (
     UpstreamUnavailable,
 )
 from archiverd.keys import FULL_REV_LENGTH, ArchiveRequest, is_changeset_id
+from archiverd.ops.metrics import Metrics
 from archiverd.transfer.client import (
     BodyBroken,
     BodyTimeout,
@@ -34,6 +35,12 @@ from archiverd.transfer.client import (
     read_limited,
 )
 from archiverd.transfer.credentials import Credentials
+from archiverd.transfer.retries import (
+    Retryable,
+    connection_cause,
+    retry_status,
+    unreachable,
+)
 from archiverd.util.backoff import Backoff
 from archiverd.util.deferreds import SingleFlight
 
@@ -76,7 +83,9 @@ class Source:
         client: Any,
         clock: IReactorTime,
         jitter: Callable[[], float] = random.random,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.config = config
         self._clock = clock
         self._jitter = jitter
@@ -160,11 +169,18 @@ class Source:
         """Where upstream tells which changeset a rev names (hgweb's json-rev)."""
         return self._url(self.credentials.rev_url_template, request)
 
-    async def get(self, url: str, **kwargs: Any) -> Any:
+    async def get(
+        self,
+        url: str,
+        on_retry: Callable[[str], None] | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """GET from upstream: the first answer that is neither a 5xx nor a redirect.
 
         Connection failures, resets before the headers and 5xx answers are
-        retried ``retries`` times with jittered exponential backoff.
+        retried ``retries`` times with jittered exponential backoff; each
+        retry is counted by cause and told to ``on_retry`` as a status
+        (``Retrying: cannot reach … ; attempt 2 of 4, next in 5 s``).
         Redirects are followed only within the same scheme and host, so
         archiverd can never be steered to fetch from elsewhere. A response
         that does not come within ``headers_timeout`` is not retried.
@@ -174,14 +190,18 @@ class Source:
         while True:
             try:
                 return await self._get_following(url, **kwargs)
-            except _Retryable as e:
+            except Retryable as e:
                 if attempt >= self.config.retries:
                     tries = f" (after {attempt + 1} attempts)" if attempt else ""
                     raise UpstreamUnavailable(f"{e}{tries}") from None
                 delay = backoff.next()
+                self.metrics.upstream_retries.labels(self.name, e.cause).inc()
                 self.log.info(
                     "{error}; retrying in {delay:.2f}s", error=str(e), delay=delay
                 )
+                if on_retry is not None:
+                    attempts = self.config.retries + 1
+                    on_retry(retry_status(e.short, attempt + 2, attempts, delay))
                 await deferLater(self._clock, delay, lambda: None)
                 attempt += 1
 
@@ -201,8 +221,10 @@ class Source:
                 continue
             if response.code >= 500:
                 await self.drop(response)
-                raise _Retryable(
-                    f"{self.host} answered {response.code} for {self.shown(url)}"
+                raise Retryable(
+                    f"{self.host} answered {response.code} for {self.shown(url)}",
+                    "5xx",
+                    f"{self.host} answered {response.code}",
                 )
             return response
         raise UpstreamUnavailable(
@@ -236,9 +258,12 @@ class Source:
                 ) from None
             if _cancelled(e):
                 raise CancelledError() from e  # the task is being stopped
-            raise _Retryable(
+            cause = connection_cause(e)
+            raise Retryable(
                 f"cannot reach {self.host} for {self.shown(url)}: "
-                + self.shown(_describe(e))
+                + self.shown(_describe(e)),
+                cause,
+                unreachable(self.host, cause),
             ) from e
         finally:
             if timer.active():
@@ -401,10 +426,6 @@ def repo_matcher(patterns: tuple[str, ...]) -> Callable[[str], bool] | None:
         alternatives.append("/".join(parts))
     regex = re.compile("(?:" + "|".join(alternatives) + r")\Z")
     return lambda repo: regex.match(repo) is not None
-
-
-class _Retryable(Exception):
-    """A failure that may pass: connection trouble or a 5xx."""
 
 
 def _origin(url: str) -> tuple[str, str]:

@@ -112,6 +112,37 @@ async def test_connection_refused_fails_with_the_cause(tmp_path, start_archiverd
 
 
 @pytest_twisted.ensureDeferred
+async def test_while_upstream_cannot_be_reached_the_status_says_so(
+    tmp_path, start_archiverd
+):
+    """A person polling tells a dead upstream from a slow download: the
+    status names the cause and the next attempt, and /metrics counts it."""
+    template = f"http://127.0.0.1:{free_port()}/{{repo}}/archive/{{rev}}.{{suffix}}"
+    d = await start_archiverd(_files(template, tmp_path, retries=3, retry_backoff=0.6))
+    response = await d.get("/archiver/hgmo/r/0123456789ab")
+    location = response.headers.getRawHeaders("location")[0]
+
+    async def status() -> dict:
+        return dict((await d.get_json(location))[1]["result"])
+
+    seen = await eventually(
+        status, until=lambda r: r["status"].startswith("Retrying"), timeout=10
+    )
+    assert seen["state"] == "STARTED"
+    assert re.fullmatch(
+        r"Retrying: cannot reach 127\.0\.0\.1 \(connection refused\); "
+        r"attempt [234] of 4, next in [0-9.]+ s",
+        seen["status"],
+    ), seen["status"]
+    result = await d.wait(location)
+    assert result["state"] == "FAILURE" and "(after 4 attempts)" in result["status"]
+    metrics = await (await d.get("/metrics")).text()
+    assert (
+        'archiverd_upstream_retries_total{cause="refused",source="hgmo"} 3.0' in metrics
+    ), metrics
+
+
+@pytest_twisted.ensureDeferred
 async def test_refusals_are_not_retried(upstream, tmp_path, start_archiverd):
     upstream.script = ["status:410"]
     d = await start_archiverd(_files(upstream.url_template, tmp_path, retries=3))

@@ -18,7 +18,12 @@ from redis_fixture import RedisServer, redis, redis_server  # noqa: F401
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 
-from archiverd.tasks.redis_store import FleetUnavailable, RedisFleet
+from archiverd.tasks.redis_store import (
+    LOCK_LOST,
+    SLOT_TAKEN,
+    FleetUnavailable,
+    RedisFleet,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -199,8 +204,9 @@ async def test_every_key_is_under_the_prefix(
     assert token
     assert await other.acquire("k", 30) is not None  # another fleet's lock
     await ours.take_slot(token, 1, 30)
-    await ours.enqueue(token, 30)
-    await ours.position(token)
+    other_token = await ours.acquire("k2", 30)
+    assert other_token
+    assert await take_turn(ours, other_token, "k2") == 0  # queued
     assert await ours.keep("k", token, 30, "t", {"state": "PENDING"}, 30, seq=1)
     keys = redis.command("KEYS", "*")
     mine = [k for k in keys if not k.startswith("other:")]
@@ -220,22 +226,20 @@ async def test_slot_limit_holds_across_daemons(fleets: MakeFleet) -> None:
     loser = taken.index(False)
     winner = taken.index(True)
     assert not await daemons[loser].take_slot(f"task-{loser}", 2, 30)
-    await daemons[winner].release_slot(f"task-{winner}")
+    await daemons[winner].finish("k", f"task-{winner}", "t", None, 30, seq=1)
     assert await daemons[loser].take_slot(f"task-{loser}", 2, 30)
 
 
 @pytest_twisted.ensureDeferred
 async def test_slot_of_a_silent_holder_is_freed(fleets: MakeFleet) -> None:
     """A slot not renewed within its TTL (its daemon died) goes to the next;
-    a renewed one stays; a holder retaking its own slot renews it."""
+    a holder retaking its own slot renews it."""
     a, b, c = await three(fleets)
     assert await a.take_slot("dies", 2, 1.0)
     assert await b.take_slot("lives", 2, 1.0)
     assert await b.take_slot("lives", 2, 30)  # already held: renewed
     assert not await c.take_slot("waits", 2, 30)
     await redis_clock_passes(c, 1.0)  # both first TTLs are over
-    assert await b.renew_slot("lives", 30)
-    assert not await a.renew_slot("dies", 30)  # expired: not brought back
     assert await c.take_slot("waits", 2, 30)
     assert not await a.take_slot("dies", 2, 30)
 
@@ -245,31 +249,40 @@ async def test_slot_of_a_silent_holder_is_freed(fleets: MakeFleet) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_queue_positions(fleets: MakeFleet) -> None:
+    """Tasks that find no slot wait first come, first served: each turn keeps
+    a task's place and says how many wait ahead; one that left and comes
+    back is at the end."""
     a, b, c = await three(fleets)
-    await a.enqueue("t1", 30)
-    await b.enqueue("t2", 30)
-    await c.enqueue("t3", 30)
-    assert [await a.position(t) for t in ("t1", "t2", "t3")] == [0, 1, 2]
-    await b.enqueue("t2", 30)  # renewing keeps the place
-    assert await c.position("t2") == 1
-    await a.dequeue("t1")
-    assert [await b.position(t) for t in ("t1", "t2", "t3")] == [None, 0, 1]
-    await a.enqueue("t1", 30)  # back in: at the end
-    assert await a.position("t1") == 2
+    t1, t2, t3 = [await d.acquire(f"t{n}", 30) for n, d in enumerate((a, b, c), 1)]
+    assert t1 and t2 and t3
+    assert [
+        await take_turn(a, t1, "t1", limit=0),
+        await take_turn(b, t2, "t2", limit=0),
+        await take_turn(c, t3, "t3", limit=0),
+    ] == [0, 1, 2]
+    assert await take_turn(b, t2, "t2", limit=0, seq=2) == 1  # kept its place
+    assert await a.finish("t1", t1, "t1", {"state": "FAILURE"}, 30, seq=2)
+    assert await take_turn(c, t3, "t3", limit=0, seq=2) == 1
+    t1 = await a.acquire("t1", 30)
+    assert t1
+    assert await take_turn(a, t1, "t1", limit=0) == 2  # back in: at the end
 
 
 @pytest_twisted.ensureDeferred
 async def test_queue_drops_entries_whose_holder_stopped_renewing(
     fleets: MakeFleet,
+    redis: RedisServer,  # noqa: F811
 ) -> None:
     a, b, _ = await three(fleets)
-    await a.enqueue("gone", 1.0)
-    await b.enqueue("stays", 1.0)
-    assert await b.position("stays") == 1
-    await b.enqueue("stays", 30)  # renewed in time
+    gone = await a.acquire("gone", 30)
+    stays = await b.acquire("stays", 30)
+    assert gone and stays
+    assert await take_turn(a, gone, "gone", limit=0, lock_ttl=1.0) == 0
+    assert await take_turn(b, stays, "stays", limit=0, lock_ttl=1.0) == 1
+    assert await take_turn(b, stays, "stays", limit=0, seq=2) == 1  # in time
     await redis_clock_passes(b, 1.0)  # both first TTLs are over
-    assert await b.position("stays") == 0
-    assert await a.position("gone") is None
+    assert await take_turn(b, stays, "stays", limit=0, seq=3) == 0
+    assert redis.command("ZRANK", "archiverd:queue", gone) is None
 
 
 # -- task records ------------------------------------------------------------------
@@ -342,6 +355,142 @@ async def test_an_older_write_never_overwrites_a_newer_one(
     assert await b.load_task("t") == {"token": token, "seq": "30", "n": "30"}
 
 
+# -- a task's steps, one round trip each ----------------------------------------------
+
+STARTED = {"state": "STARTED", "status": "Downloading"}
+QUEUED = {"state": "PENDING", "status": "queued"}
+
+
+async def take_turn(
+    fleet: RedisFleet,
+    token: str,
+    task_id: str,
+    limit: int = 1,
+    seq: int = 1,
+    lock_ttl: float = 30,
+) -> int:
+    """``task_id``'s turn (its lock is named ``task_id`` too)."""
+    return await fleet.turn(
+        task_id,
+        token,
+        lock_ttl,
+        task_id,
+        limit=limit,
+        started=STARTED,
+        queued=QUEUED,
+        record_ttl=30,
+        seq=seq,
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_turn_takes_a_free_slot_and_writes_the_record_as_started(
+    fleets: MakeFleet,
+    redis: RedisServer,  # noqa: F811
+) -> None:
+    """One call: the lock renewed, the slot taken, the record says started;
+    the next task, finding no slot free, is queued with its record saying so,
+    and learns how many wait ahead of it."""
+    a, b, _ = await three(fleets)
+    one = await a.acquire("one", 1.0)
+    two = await b.acquire("two", 30)
+    three_ = await b.acquire("three", 30)
+    assert one and two and three_
+    assert await take_turn(a, one, "one") == SLOT_TAKEN
+    assert 1000 < lock_ttl(redis, "one") <= 30_000  # renewed to the turn's ttl
+    assert await b.load_task("one") == {"token": one, "seq": "1", **STARTED}
+    assert not await b.take_slot("other", 1, 30)  # the one slot is taken
+
+    assert await take_turn(b, two, "two") == 0
+    assert await take_turn(b, three_, "three") == 1
+    assert await a.load_task("two") == {"token": two, "seq": "1", **QUEUED}
+    assert await take_turn(b, two, "two", seq=2) == 0  # keeps its place
+
+    # The first ends: its slot is given back, and the next turn takes it.
+    assert await a.finish("one", one, "one", {"state": "SUCCESS"}, 60, seq=2)
+    assert await take_turn(b, three_, "three", seq=2) == 1  # still behind two
+    assert await take_turn(b, two, "two", seq=3) == SLOT_TAKEN
+    assert redis.command("ZRANK", "archiverd:queue", two) is None  # it left
+    assert await a.load_task("two") == {"token": two, "seq": "3", **STARTED}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_turn_without_the_lock_does_nothing(
+    fleets: MakeFleet,
+    redis: RedisServer,  # noqa: F811
+) -> None:
+    """A task whose lock another daemon took over takes no slot, joins no
+    queue and writes no record."""
+    a, b, _ = await three(fleets)
+    assert await b.acquire("k", 30)
+    assert await take_turn(a, "daemon-0:not-the-token", "k") == LOCK_LOST
+    assert await a.load_task("k") is None
+    assert redis.command("ZCARD", "archiverd:queue") == 0
+    assert await b.take_slot("other", 1, 30)  # the slot was left free
+
+
+@pytest_twisted.ensureDeferred
+async def test_finish_frees_the_slot_and_queue_writes_the_outcome_and_releases(
+    fleets: MakeFleet,
+    redis: RedisServer,  # noqa: F811
+) -> None:
+    a, b, _ = await three(fleets, prefix="p:")
+    token = await a.acquire("k", 30)
+    assert token
+    assert await take_turn(a, token, "k") == SLOT_TAKEN
+    assert await a.finish("k", token, "k", {"state": "SUCCESS"}, 60, seq=2)
+    assert await b.load_task("k") == {"token": token, "seq": "2", "state": "SUCCESS"}
+    assert 59_000 < int(redis.command("PTTL", "p:task:k")) <= 60_000
+    assert redis.command("ZCARD", "p:slots") == 0
+    assert await b.acquire("k", 30) is not None  # released
+
+
+@pytest_twisted.ensureDeferred
+async def test_finish_after_losing_the_lock_only_frees_the_slot_and_queue(
+    fleets: MakeFleet,
+    redis: RedisServer,  # noqa: F811
+) -> None:
+    """A holder that lost its lock (known or not) gives back its slot and
+    place but neither overwrites the new holder's record nor releases its
+    lock."""
+    a, b, _ = await three(fleets)
+    old = await a.acquire("k", 1.0)
+    assert old
+    assert await take_turn(a, old, "k", limit=5) == SLOT_TAKEN
+    redis.command("ZADD", "archiverd:queue", "1", old)  # as if queued again
+    new = await eventually(
+        lambda: b.acquire("k", 30), what="b to take the lock a let expire"
+    )
+    assert await b.keep("k", new, 30, "k", {"state": "STARTED"}, 30, seq=1)
+    for fields in ({"state": "SUCCESS"}, None):
+        assert not await a.finish("k", old, "k", fields, 60, seq=9)
+        assert await b.load_task("k") == {"token": new, "seq": "1", "state": "STARTED"}
+        assert await b.holds("k", new)
+    assert redis.command("ZSCORE", "archiverd:slots", old) is None
+    assert redis.command("ZRANK", "archiverd:queue", old) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_keep_renews_the_slot_when_asked(
+    fleets: MakeFleet,
+    redis: RedisServer,  # noqa: F811
+) -> None:
+    """The working holder's heartbeat renews its lock, its slot and its
+    record in one call; an expired slot is not brought back."""
+    a, b, _ = await three(fleets)
+    token = await a.acquire("k", 30)
+    late = await a.acquire("late", 30)
+    assert token and late
+    assert await a.take_slot(token, 2, 1.0)
+    assert await a.keep("k", token, 30, "t", {"state": "PROGRESS"}, 30, 1, 30)
+    assert await a.take_slot(late, 2, 1.0)
+    await redis_clock_passes(a, 1.0)  # past both slots' first TTL
+    # Too late for this one: its lock and record are kept, its slot is not.
+    assert await a.keep("late", late, 30, "u", {"state": "PROGRESS"}, 30, 1, 30)
+    assert await b.take_slot("next", 2, 30)  # late's slot was free to take
+    assert not await b.take_slot("after", 2, 30)  # k's still held: renewed
+
+
 # -- Redis going away ----------------------------------------------------------------
 
 
@@ -363,13 +512,10 @@ async def test_redis_stopped_then_back(
         lambda: a.holds("k", token),
         lambda: a.release("k", token),
         lambda: a.take_slot("s", 2, 30),
-        lambda: a.renew_slot("s", 30),
-        lambda: a.release_slot("s"),
-        lambda: a.enqueue("s", 30),
-        lambda: a.position("s"),
-        lambda: a.dequeue("s"),
         lambda: a.load_task("t"),
         lambda: a.keep("k", token, 30, "t", {"state": "PENDING"}, 30, seq=1),
+        lambda: take_turn(a, token, "t"),
+        lambda: a.finish("k", token, "t", {"state": "SUCCESS"}, 30, seq=2),
     ]
     for call in calls:
         with pytest.raises(FleetUnavailable) as raised:

@@ -8,6 +8,7 @@ reaching into Redis or the daemons.
 from __future__ import annotations
 
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 import pytest_twisted
@@ -84,6 +85,38 @@ async def test_requests_at_both_daemons_make_one_fetch_and_both_answer(
     assert await threads.deferToThread(stored) == [(["r-0123456789ab.tar.gz"], [])] * 2
     for d in (a, b):
         assert (await d.get(path)).code == 302
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cold_archive_costs_at_most_six_redis_round_trips(
+    upstream, s3_buckets, redis, start_archiverd
+):
+    """Claim, turn at a slot (which publishes the record), fence, finish:
+    four round trips, and room for two heartbeats; the daemon that did not
+    fetch it answers the finished task's polls with none (one read, then
+    from memory), and its answer is the owner's."""
+    upstream.nbytes = 64 * 1024
+    a, b = await two_daemons(start_archiverd, fleet_config(upstream, s3_buckets, redis))
+
+    def work(d: Any) -> int:
+        return d.daemon.fleet.calls - d.daemon.fleet.pings
+
+    before = work(a)
+    location = loc(await a.get(f"/archiver/hgmo/r/{REV}"))
+    result = await a.wait(location)
+    assert result["state"] == "SUCCESS", result
+    assert work(a) - before <= 6
+    assert upstream.requests == 1
+
+    task_path = urlpath(location)
+    _, first = await b.get_json(task_path)
+    read = work(b)
+    for _ in range(5):
+        _, again = await b.get_json(task_path)
+        assert again == first
+    assert work(b) == read
+    _, owners = await a.get_json(task_path)
+    assert first["result"] == owners["result"] | {"elapsed_seconds": ANY}
 
 
 @pytest_twisted.ensureDeferred

@@ -152,6 +152,8 @@ class FakeSource:
         #: exception is raised. Each request confirmed is noted.
         self.confirmation: Any = None
         self.confirmed: list[ArchiveRequest] = []
+        #: Statuses told to get()'s on_retry before its answer.
+        self.retries: list[str] = []
 
     async def confirm(self, request: ArchiveRequest) -> None:
         self.confirmed.append(request)
@@ -167,8 +169,13 @@ class FakeSource:
 
     shown_url = archive_url
 
-    async def get(self, url: str) -> FakeResponse:
+    async def get(
+        self, url: str, on_retry: Callable[[str], None] | None = None
+    ) -> FakeResponse:
         self.requested.append(url)
+        for status in self.retries:
+            if on_retry is not None:
+                on_retry(status)
         if isinstance(self.response, Deferred):
             return await self.response
         return self.response
@@ -219,6 +226,10 @@ class RecordingStorage:
         self.uploads: dict[str, Upload] = {}
         self.hold_parts = False
         self.held: list[HeldPart] = []
+        #: (region, part number, checksum) of each upload_part.
+        self.checksums: list[tuple[str, int, str | None]] = []
+        #: Parts whose checksum was computed (once each, for every region).
+        self.checksummed: list[int] = []
         self._failures: dict[tuple[Any, ...], Exception] = {}
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -242,6 +253,10 @@ class RecordingStorage:
     def methods(self) -> list[str]:
         return [call[0] for call in self.calls]
 
+    async def part_checksum(self, data: bytes) -> str | None:
+        self.checksummed.append(len(data))
+        return f"crc-{len(self.checksummed)}"
+
     async def start_upload(self, region: str, key: str, info: ObjectInfo) -> str:
         self.calls.append(("start_upload", region))
         self._check("start_upload", region)
@@ -257,8 +272,10 @@ class RecordingStorage:
         number: int,
         offset: int,
         data: bytes,
+        checksum: str | None = None,
     ) -> str:
         self.calls.append(("upload_part", region, number, offset, len(data)))
+        self.checksums.append((region, number, checksum))
         upload = self.uploads[upload_id]
         if self.hold_parts:
             held = HeldPart(region, number, Deferred(), upload)
@@ -349,6 +366,14 @@ class MemoryStorage:
             raise OSError(f"{region} is unreachable")
         return (region, key) in self.objects
 
+    def stat(self, region: str, key: str) -> str | None:
+        if not self.exists(region, key):
+            return None
+        return hashlib.sha256(self.objects[(region, key)]).hexdigest()
+
+    def part_checksum(self, data: bytes) -> str | None:
+        return None
+
     def signed_url(self, region: str, key: str, expires_in: int) -> str:
         expires = int(self.clock()) + expires_in
         return f"https://{region}.s3.example/{quote(key)}?Expires={expires}"
@@ -371,6 +396,7 @@ class MemoryStorage:
         number: int,
         offset: int,
         data: bytes,
+        checksum: str | None = None,
     ) -> str:
         self._uploads[upload_id][number] = bytes(data)
         return str(number)

@@ -504,6 +504,7 @@ def test_the_schema_covers_every_table_and_setting() -> None:
     assert [".".join(path) for path, _ in config_tables()] == [
         "",
         "sources.x",
+        "sources.x.prewarm",
         "storage",
         "storage.s3",
         "storage.file",
@@ -511,7 +512,7 @@ def test_the_schema_covers_every_table_and_setting() -> None:
         "tasks",
         "coordination",
     ]
-    assert len(SETTINGS) == 49
+    assert len(SETTINGS) == 62
     assert all(spec.name != "name" for _, spec, _ in SETTINGS)
 
 

@@ -15,7 +15,9 @@ from twisted.logger import capturedLogs
 from archiverd.errors import FleetUnavailable
 from archiverd.keys import ArchiveRequest
 from archiverd.tasks.coordinator import Report
+from archiverd.tasks.fleet import LOST, QUEUE_POLL, RedisCoordinator
 from archiverd.tasks.model import CANCELLED, Outcome, State, Task
+from archiverd.tasks.redis_store import LOCK_LOST, SLOT_TAKEN
 from archiverd.tasks.service import TaskService
 
 SRC_URL = "https://hg.example/projects/ash/archive/42bf8560b395.tar.gz"
@@ -248,3 +250,147 @@ def test_a_slot_given_after_stopping_starts_nothing(
 
 async def _awaited(awaitable: Awaitable[None]) -> None:
     await awaitable
+
+
+# -- the fleet's coordinator: what each step asks of Redis --------------------------
+
+
+class StubFleet:
+    """The Redis side of a fleet, in memory: the calls made, in order, and
+    the records written; each turn answers from ``turns`` (then a slot)."""
+
+    instance = "daemon-a"
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.records: dict[str, dict[str, str]] = {}
+        self.turns: list[int] = []
+
+    async def acquire(self, key: str, ttl: float) -> str:
+        self.calls.append("acquire")
+        return "token-1"
+
+    async def turn(
+        self, key: str, token: str, lock_ttl: float, task_id: str, **kw: Any
+    ) -> int:
+        self.calls.append("turn")
+        ahead = self.turns.pop(0) if self.turns else SLOT_TAKEN
+        self.records[task_id] = kw["started"] if ahead == SLOT_TAKEN else kw["queued"]
+        return ahead
+
+    async def keep(
+        self,
+        key: str,
+        token: str,
+        ttl: float,
+        task_id: str,
+        fields: Any,
+        *_: Any,
+        **__: Any,
+    ) -> bool:
+        self.calls.append("keep")
+        self.records[task_id] = fields
+        return True
+
+    async def holds(self, key: str, token: str) -> bool:
+        self.calls.append("holds")
+        return True
+
+    async def finish(
+        self, key: str, token: str, task_id: str, fields: Any, *_: Any, **__: Any
+    ) -> bool:
+        self.calls.append("finish")
+        if fields is not None:
+            self.records[task_id] = fields
+        return True
+
+    async def load_task(self, task_id: str) -> dict[str, str] | None:
+        self.calls.append("load_task")
+        return self.records.get(task_id)
+
+
+@pytest.fixture
+def fleet() -> StubFleet:
+    return StubFleet()
+
+
+@pytest.fixture
+def fleet_tasks(clock: Clock, runner: FakeRunner, fleet: StubFleet) -> TaskService:
+    coordinator = RedisCoordinator(fleet, clock, lock_ttl=30)  # type: ignore[arg-type]
+    return TaskService(clock, runner, coordinator=coordinator)
+
+
+def test_a_cold_task_asks_redis_four_times(
+    fleet_tasks: TaskService, clock: Clock, fleet: StubFleet, runner: FakeRunner
+) -> None:
+    """Claim; one turn that takes the slot and publishes the record as
+    started (claim's publish and begin wait for it, and write nothing);
+    the fence; one finish."""
+    task_id = result_of(claim(fleet_tasks, clock))
+    assert fleet.calls == ["acquire", "turn"]
+    assert fleet.records[task_id]["state"] == "STARTED"
+    task = runner.calls[0].task
+    assert task.fence is not None
+    result_of(Deferred.fromCoroutine(_awaited(task.fence())))
+    runner.calls[0].deferred.callback(OUTCOME)
+    assert fleet.calls == ["acquire", "turn", "holds", "finish"]
+    assert fleet.records[task_id]["state"] == "SUCCESS"
+
+
+def test_a_queued_task_takes_a_turn_each_queue_poll(
+    fleet_tasks: TaskService, clock: Clock, fleet: StubFleet, runner: FakeRunner
+) -> None:
+    """Each turn is one call that keeps its place, renews its lock and
+    writes its record; the heartbeat then has nothing to add."""
+    fleet.turns = [2, 1]
+    task_id = result_of(claim(fleet_tasks, clock))
+    task = fleet_tasks.get(task_id)
+    assert task is not None and task.status == "queued (2 ahead)"
+    assert fleet.records[task_id]["state"] == "PENDING"
+    clock.advance(QUEUE_POLL)
+    assert task.status == "queued (1 ahead)"
+    clock.advance(QUEUE_POLL)
+    assert task.state is State.STARTED and runner.calls
+    assert fleet.calls == ["acquire", "turn", "turn", "turn"]
+    assert fleet.records[task_id]["state"] == "STARTED"
+
+
+def test_a_turn_that_finds_the_lock_taken_over_stops_the_task(
+    fleet_tasks: TaskService, clock: Clock, fleet: StubFleet, runner: FakeRunner
+) -> None:
+    fleet.turns = [LOCK_LOST]
+    with capturedLogs():
+        task_id = result_of(claim(fleet_tasks, clock))
+    task = fleet_tasks.get(task_id)
+    assert task is not None
+    assert (task.state, task.status) == (State.FAILURE, LOST)
+    assert runner.calls == []
+    assert fleet.calls[-1] == "finish" and fleet.records[task_id]["state"] != "FAILURE"
+
+
+def test_another_daemons_success_stands_here_as_a_task_that_describes_itself_alike(
+    fleet_tasks: TaskService, clock: Clock, fleet: StubFleet, runner: FakeRunner
+) -> None:
+    """A non-owner answers a finished task's polls as the owner does: from a
+    task (which keeps its rendered answer) that describes itself as the
+    record says; anything but a success has no stand-in."""
+    task_id = result_of(claim(fleet_tasks, clock))
+    runner.calls[0].deferred.callback(OUTCOME)
+    owner = fleet_tasks.get(task_id)
+    assert owner is not None and owner.state is State.SUCCESS
+
+    elsewhere = RedisCoordinator(fleet, clock)  # type: ignore[arg-type]
+    assert elsewhere.seen(task_id) is None  # not read yet
+    fields = result_of(Deferred.fromCoroutine(elsewhere.lookup(task_id)))
+    assert fields == owner.describe(clock.seconds())
+    clock.advance(20)
+    stand_in = elsewhere.seen(task_id)
+    assert stand_in is not None
+    assert (stand_in.task_id, stand_in.state) == (task_id, State.SUCCESS)
+    assert stand_in.describe(clock.seconds()) == elsewhere.peek(task_id) == fields
+    assert stand_in.finished == owner.finished
+    assert fleet.calls.count("load_task") == 1
+
+    fleet.records["other"] = {"state": "PROGRESS", "status": "Uploading"}
+    result_of(Deferred.fromCoroutine(elsewhere.lookup("other")))
+    assert elsewhere.peek("other") is not None and elsewhere.seen("other") is None

@@ -23,7 +23,13 @@ UNIT = DEPLOY / "archiverd.service"
 EXAMPLE = DEPLOY / "aws-two-regions.toml"
 POLICY = DEPLOY / "iam-policy.json"
 LIFECYCLE = DEPLOY / "lifecycle.json"
-S3_SOURCE = ROOT / "archiverd" / "storage" / "s3.py"
+#: Every module that calls S3: the backend, the refresh of archives close
+#: to expiry, and ``archiverd check``'s probe.
+S3_SOURCES = [
+    ROOT / "archiverd" / "storage" / "s3.py",
+    ROOT / "archiverd" / "storage" / "s3_dates.py",
+    ROOT / "archiverd" / "check.py",
+]
 
 #: The IAM actions each S3 operation needs. An operation archiverd starts to
 #: use that is missing here fails the test: add it, and to the policy.
@@ -33,7 +39,11 @@ ACTIONS_FOR_OPERATION: dict[str, set[str]] = {
     # HEAD is authorised as a GET.
     "HeadObject": {"s3:GetObject"},
     "GetObject": {"s3:GetObject"},
-    "PutObject": {"s3:PutObject"},
+    # With x-amz-tagging (the sha256 tag), PutObject also needs the tagging
+    # action.
+    "PutObject": {"s3:PutObject", "s3:PutObjectTagging"},
+    "PutObjectTagging": {"s3:PutObjectTagging"},
+    "GetObjectTagging": {"s3:GetObjectTagging"},
     "CreateMultipartUpload": {"s3:PutObject"},
     "UploadPart": {"s3:PutObject"},
     "CompleteMultipartUpload": {"s3:PutObject"},
@@ -51,6 +61,9 @@ BUCKET_ACTIONS = {"s3:ListBucket", "s3:ListBucketMultipartUploads"}
 #: key answers 403 instead of 404, which S3Storage.exists cannot tell apart
 #: from a real refusal (see docs/deployment.md).
 EXTRA_ACTIONS = {"s3:ListBucket"}
+#: Actions granted on a narrower prefix than ``bucket/*``: deleting is for
+#: ``archiverd check``'s probe only.
+PREFIXED_ACTIONS = {"s3:DeleteObject": "archiverd-check/*"}
 #: Calls on a botocore client that are not S3 operations.
 CLIENT_HELPERS = {"close", "generate_presigned_url"}
 
@@ -67,7 +80,8 @@ def _operations_used() -> set[str]:
     model = botocore.session.get_session().get_service_model("s3")
     by_method = {xform_name(op): op for op in model.operation_names}
     used = set()
-    for node in ast.walk(ast.parse(S3_SOURCE.read_text())):
+    trees = [ast.parse(source.read_text()) for source in S3_SOURCES]
+    for node in (node for tree in trees for node in ast.walk(tree)):
         if not (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
@@ -85,6 +99,13 @@ def _operations_used() -> set[str]:
         assert method in by_method, f"client.{method}() is not an S3 operation"
         used.add(by_method[method])
     return used
+
+
+def _resource(action: str, bucket_arn: str) -> str:
+    """The resource ``action`` is granted on, in the bucket ``bucket_arn``."""
+    if action in BUCKET_ACTIONS:
+        return bucket_arn
+    return f"{bucket_arn}/{PREFIXED_ACTIONS.get(action, '*')}"
 
 
 def _statements(policy: dict[str, Any]) -> list[dict[str, Any]]:
@@ -171,7 +192,7 @@ def test_example_config_signed_urls_outlive_no_credentials(example: Config) -> N
 def test_the_s3_backend_calls_the_operations_the_test_knows() -> None:
     """The source parse finds the calls (so the checks below check something)."""
     used = _operations_used()
-    assert {"HeadObject", "UploadPart", "GetObject", "CopyObject"} <= used
+    assert {"HeadObject", "UploadPart", "GetObject", "DeleteObject"} <= used
     unknown = used - set(ACTIONS_FOR_OPERATION)
     assert not unknown, f"add {unknown} to ACTIONS_FOR_OPERATION and the policy"
 
@@ -185,7 +206,7 @@ def test_policy_allows_every_call_the_s3_backend_makes_on_both_buckets(
         for action in sorted(ACTIONS_FOR_OPERATION[operation]):
             for bucket in example.storage.s3.buckets.values():
                 arn = f"arn:aws:s3:::{bucket}"
-                resource = arn if action in BUCKET_ACTIONS else f"{arn}/*"
+                resource = _resource(action, arn)
                 if (action, resource) not in grants:
                     missing.append(f"{operation}: {action} on {resource}")
     assert not missing
@@ -199,7 +220,7 @@ def test_policy_allows_nothing_more(policy: dict[str, Any], example: Config) -> 
     assert {action for action, _ in grants} == needed | EXTRA_ACTIONS
     arns = {f"arn:aws:s3:::{b}" for b in example.storage.s3.buckets.values()}
     for action, resource in grants:
-        allowed = arns if action in BUCKET_ACTIONS else {f"{a}/*" for a in arns}
+        allowed = {_resource(action, a) for a in arns}
         assert resource in allowed, (action, resource)
     for statement in _statements(policy):
         assert set(statement) <= {"Sid", "Effect", "Action", "Resource"}

@@ -35,7 +35,7 @@ from archiverd.errors import (
     UpstreamUnavailable,
 )
 from archiverd.keys import ArchiveRequest
-from archiverd.tasks.model import Outcome, Task
+from archiverd.tasks.model import Outcome, State, Task
 from archiverd.transfer.pipeline import Fetcher, PartCutter, Transfer
 
 # -- PartCutter --------------------------------------------------------------
@@ -545,6 +545,35 @@ def test_a_fetch_longer_than_total_timeout_is_unavailable_and_aborted() -> None:
     assert "stop" in response.transport.calls
     assert sorted(states(storage).values()) == ["aborted", "aborted"]
     assert clock.getDelayedCalls() == []
+
+
+def test_while_upstream_is_retried_the_status_says_so_and_then_stops() -> None:
+    storage = RecordingStorage()
+    clock = Clock()
+    answer: Deferred[FakeResponse] = Deferred()
+    source = FakeSource(answer)
+    source.retries = [
+        "Retrying: cannot reach hg.example (DNS lookup failed); attempt 2 of 4, "
+        "next in 5 s"
+    ]
+    fetcher = Fetcher(
+        {"hgmo": source},  # type: ignore[dict-item]
+        storage,  # type: ignore[arg-type]
+        part_size=PART,
+        window=2,
+        clock=clock,
+    )
+    task = Task(REQUEST, URL, storage.regions, clock.seconds(), "hg.example")
+    task.state = State.STARTED
+    d = started(fetcher(task, lambda received: None))
+    assert task.status == source.retries[0]
+    response = with_headers(FakeResponse())
+    answer.callback(response)
+    assert task.status == "Downloading archive from hg.example"
+    response.write(b"abc")
+    response.finish()
+    storage.release_all()
+    assert result_of(d) == outcome(b"abc")
 
 
 def test_a_body_smaller_than_a_part_never_allocates_a_part() -> None:

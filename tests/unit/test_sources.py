@@ -39,6 +39,7 @@ from archiverd.errors import (
     UpstreamUnavailable,
 )
 from archiverd.keys import ArchiveRequest
+from archiverd.ops.metrics import Metrics
 from archiverd.transfer.sources import Source, error_message
 
 NODE = "42bf8560b395a5a9e3c2bbd6c2de2f2c6bd4ec70"
@@ -391,6 +392,60 @@ def test_unknown_hosts_refusals_and_resets_are_retried_then_reported(error) -> N
         d = started(src.get(URL))
         clock.advance(1)
     assert result_of(d) is ok
+
+
+@pytest.mark.parametrize(
+    ("error", "cause", "words"),
+    [
+        (DNSLookupError("no results"), "dns", "DNS lookup failed"),
+        (ConnectionRefusedError(), "refused", "connection refused"),
+        (
+            ResponseNeverReceived([Failure(ConnectionLost())]),
+            "reset",
+            "connection closed before an answer",
+        ),
+    ],
+)
+def test_each_retry_is_told_as_a_status_and_counted_by_cause(
+    error: Exception, cause: str, words: str
+) -> None:
+    clock = Clock()
+    client = _FailingClient(error, failures=2, then=SimpleNamespace(code=200))
+    metrics = Metrics()
+    src = Source(
+        hgmo(retries=3, retry_backoff=5.0),
+        client,
+        clock,
+        jitter=lambda: 0.5,
+        metrics=metrics,
+    )
+    told: list[str] = []
+    with capturedLogs():
+        d = started(src.get(URL, on_retry=told.append))
+        assert told == [
+            f"Retrying: cannot reach hg.mozilla.org ({words}); attempt 2 of 4, "
+            "next in 5 s"
+        ]
+        clock.advance(5)
+        assert told[-1].endswith("attempt 3 of 4, next in 10 s")
+        clock.advance(10)
+    assert result_of(d).code == 200
+    assert len(told) == 2
+    counted = metrics.upstream_retries.labels("hgmo", cause)._value.get()
+    assert counted == 2
+
+
+def test_a_5xx_retry_names_the_answer() -> None:
+    src, _, clock = scripted((503, {}, b""), OK)
+    told: list[str] = []
+    with capturedLogs():
+        d = started(src.get(URL, on_retry=told.append))
+        clock.advance(1)
+    assert result_of(d).code == 200
+    assert told == [
+        "Retrying: hg.mozilla.org answered 503; attempt 2 of 4, next in 1 s"
+    ]
+    assert src.metrics.upstream_retries.labels("hgmo", "5xx")._value.get() == 1
 
 
 # -- kinds and allow-lists ---------------------------------------------------

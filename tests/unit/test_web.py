@@ -3,6 +3,7 @@ real TaskService on a Clock with a fake runner, and a fake hgweb."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import capturedLogs
 
-from archiverd import __version__
+from archiverd import __version__, wire
 from archiverd.api.files import SignedFiles
 from archiverd.api.web import ArchiverAPI
 from archiverd.archives import Archives
@@ -569,11 +570,15 @@ def test_a_hit_after_a_hit_makes_no_storage_call():
     first = world.get(f"/archiver/hgmo/projects/ash/{REV}")
     assert first.code == 302
     calls = list(world.storage.calls)
-    assert calls == ["exists", "exists", "signed_url"]  # every region, once
+    # Every region, once; and the archive's sha256, read once for its 302s.
+    assert calls == ["exists", "exists", "signed_url", "stat"]
+    sha256 = first.header(wire.SHA256_HEADER)
+    assert sha256 == hashlib.sha256(b"archive bytes").hexdigest()
     for _ in range(10):
         again = world.get(f"/archiver/hgmo/projects/ash/{REV}")
         assert again.code == 302
         assert again.header("Location") == first.header("Location")
+        assert again.header(wire.SHA256_HEADER) == sha256
     assert world.storage.calls == calls
 
 
@@ -636,6 +641,14 @@ def test_concurrent_cold_requests_share_one_look_at_storage():
     codes = {result_of(d).code for d in pending}
     assert codes == {202}
     assert len(world.runner.calls) == 1
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_a_hook_read_instead_of_posted_is_a_405_not_a_redirect(method: str):
+    answer = World().get("/archiver/hooks/hgmo", method)
+    assert answer.code == 405
+    assert answer.header("Allow") == "POST"
+    assert answer.header("Location") is None
 
 
 # -- Dockerflow ----------------------------------------------------------------
