@@ -147,7 +147,7 @@ def prewarm_burst(runs: int, work: Path) -> list[Row]:
     without = "without pre-warm"
     return [
         Row(
-            f"12a. Pre-warm, {burst}: fraction answered 302 on the first request",
+            f"13a. Pre-warm, {burst}: fraction answered 302 on the first request",
             "≥ 0.99",
             fraction[True],
             lambda m: m >= 0.99,
@@ -156,14 +156,14 @@ def prewarm_burst(runs: int, work: Path) -> list[Row]:
             f"(interval {INTERVAL} s, branches + bookmarks)",
         ),
         Row(
-            f"12b. Pre-warm, {burst}: p50 time to the archive",
+            f"13b. Pre-warm, {burst}: p50 time to the archive",
             "report",
             p50[True],
             unit="s",
             notes=f"{without}: {statistics.median(p50[False]):.3f} s",
         ),
         Row(
-            f"12c. Pre-warm, {burst}: p99 time to the archive",
+            f"13c. Pre-warm, {burst}: p99 time to the archive",
             "report",
             p99[True],
             unit="s",

@@ -61,6 +61,15 @@ from archiverd.ops.health import Health, version_info
 from archiverd.ops.metrics import Metrics
 from archiverd.prewarm.hooks import HookRefused, Hooks
 
+#: Refusals of a request, by kind, and their status.
+_REFUSALS: dict[type[Exception], int] = {
+    BadRequest: 400,
+    Forbidden: 403,
+    HookRefused: 403,
+    NotFound: 404,
+    UpstreamRefused: 404,
+}
+
 
 class SourceName(BaseConverter):
     """A source's name in an archive path: any segment but the fixed routes'
@@ -403,30 +412,21 @@ class ArchiverAPI:
 
     # -- errors ----------------------------------------------------------
 
-    @app.handle_errors(BadRequest)
-    def bad_request(self, request: IRequest, failure: Failure) -> bytes:
-        return json_body(request, {"error": str(failure.value)}, 400)
-
-    @app.handle_errors(Forbidden)
-    def forbidden(self, request: IRequest, failure: Failure) -> bytes:
-        return json_body(request, {"error": str(failure.value)}, 403)
-
-    @app.handle_errors(HookRefused)
-    def hook_refused(self, request: IRequest, failure: Failure) -> bytes:
-        return json_body(request, {"error": str(failure.value)}, failure.value.code)
-
-    @app.handle_errors(NotFound)
-    def not_found(self, request: IRequest, failure: Failure) -> bytes:
-        return json_body(request, {"error": str(failure.value)}, 404)
+    @app.handle_errors(*_REFUSALS)
+    def refusal(self, request: IRequest, failure: Failure) -> bytes:
+        """A request refused for what it asks: its status by the error's
+        kind (a refused webhook says its own)."""
+        error = failure.value
+        if isinstance(error, HookRefused):
+            code = error.code
+        else:
+            code = next(c for kind, c in _REFUSALS.items() if isinstance(error, kind))
+        return json_body(request, {"error": str(error)}, code)
 
     @app.handle_errors(Busy)
     def busy(self, request: IRequest, failure: Failure) -> bytes:
         request.setHeader("Retry-After", str(wire.RETRY_AFTER))
         return json_body(request, {"error": str(failure.value)}, 503)
-
-    @app.handle_errors(UpstreamRefused)
-    def refused(self, request: IRequest, failure: Failure) -> bytes:
-        return json_body(request, {"error": str(failure.value)}, 404)
 
     @app.handle_errors(UpstreamUnavailable)
     def unavailable(self, request: IRequest, failure: Failure) -> bytes:
