@@ -111,3 +111,11 @@ def test_the_web_layer_loads_no_backend_and_no_redis_client() -> None:
         check=True,
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_no_two_test_modules_share_a_name() -> None:
+    """The test folders are not packages: pytest imports each module by its
+    basename, so two of one name make `make test` fail to collect."""
+    tests = Path(__file__).resolve().parents[1]
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
