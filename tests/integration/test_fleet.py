@@ -617,3 +617,30 @@ async def _unavailable(call: Awaitable[object]) -> bool:
     except FleetUnavailable:
         return True
     return False
+
+
+# -- pre-warm's watch lock: one daemon watches each repo -------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_exactly_one_daemon_watches_a_repo_and_another_takes_over(
+    fleets: MakeFleet,
+) -> None:
+    from archiverd.prewarm.watcher import WatchLock
+
+    a, b = await fleets(), await fleets()
+    first, second = WatchLock(a, ttl=1.0), WatchLock(b, ttl=1.0)
+    results = await race(first.hold("hgmo/ash"), second.hold("hgmo/ash"))
+    assert sorted(results) == [(False, False), (True, True)]  # type: ignore[type-var]
+    holder, other = (first, second) if results[0] == (True, True) else (second, first)
+    holder_fleet = a if holder is first else b
+    assert await holder.hold("hgmo/ash") == (True, False)  # renewed, not new
+    assert await other.hold("hgmo/ash") == (False, False)
+    assert await other.hold("hgmo/elm") == (True, True)  # each repo its own lock
+    # The holder stops renewing (it died): once the lock expires, the
+    # other daemon takes the repo over.
+    await redis_clock_passes(holder_fleet, 1.0)
+    assert await other.hold("hgmo/ash") == (True, True)
+    await holder.release_all()  # a stale token releases nothing
+    assert await holder.hold("hgmo/ash") == (False, False)
+    assert await other.hold("hgmo/ash") == (True, False)
