@@ -176,11 +176,7 @@ class Archives:
             raise NotFound(f"unknown source {source!r}")
         wanted = upstream.request(repo, rev, suffix=suffix, subdir=subdir)
         src_url = upstream.shown_url(wanted)  # refuses what escapes the template
-        region = (
-            preferred_region
-            if preferred_region in self.regions
-            else self.storage.default_region
-        )
+        region = self._region(preferred_region)
         if self.observer is not None:
             self.observer(wanted, region)
         hit = self._cached_redirect(wanted, region)
@@ -218,15 +214,15 @@ class Archives:
             if len(self._valid) >= VALID_REMEMBERED:
                 self._valid.clear()
             self._valid[asked] = wanted
-        region = (
-            preferred_region
-            if preferred_region in self.regions
-            else self.storage.default_region
-        )
+        region = self._region(preferred_region)
         hit = self._cached_redirect(wanted, region)
         if hit is not None and self.observer is not None:
             self.observer(wanted, region)  # (a miss goes on to locate)
         return hit
+
+    def _region(self, preferred: str) -> str:
+        """The region a client is sent to: its preferred one, if configured."""
+        return preferred if preferred in self.regions else self.storage.default_region
 
     def _cached_redirect(self, wanted: ArchiveRequest, region: str) -> Redirect | None:
         if wanted.is_symbolic:

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from archiverd.errors import BadRequest
-from archiverd.keys import ArchiveRequest
+from archiverd.prewarm.settings import PrewarmConfig
 from archiverd.redact import redact_text
-from archiverd.schema import ConfigError, Table, setting
+from archiverd.schema import REPO_PATTERN, ConfigError, Table, setting
 from archiverd.storage.limits import parse_limit
 
 __all__ = ["Config", "ConfigError", "load", "parse", "setting"]
@@ -34,7 +33,7 @@ MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 * 1024 * MiB
 _REGION = (r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z", "bad region name")
 #: Segments of printable characters other than "/" and "\\", joined by "/".
-_REPO = (r"[^/\\\s]+(/[^/\\\s]+)*\Z", "bad repo pattern")
+_REPO = REPO_PATTERN
 
 
 # Checks: (dotted key, the value, the table's values) -> the value kept.
@@ -149,60 +148,6 @@ def _redis_url(name: str, url: str, values: Mapping[str, Any]) -> str:
     if values["backend"] == "redis" and urlsplit(url).scheme not in schemes:
         raise ConfigError(f"{name}: expected redis://HOST:PORT/DB for backend 'redis'")
     return url
-
-
-#: A pre-warmed archive's form: subdir, suffix, and the rev's length.
-_SHAPE_KEYS = {"subdir": str, "suffix": str, "rev_length": int}
-
-
-def _shapes(name: str, shapes: tuple[Any, ...], _: object) -> tuple[Any, ...]:
-    kept = []
-    for i, shape in enumerate(shapes):
-        key = f"{name}[{i}]"
-        if not isinstance(shape, dict) or not shape.keys() <= _SHAPE_KEYS.keys():
-            raise ConfigError(f"{key}: expected {{ subdir = ..., suffix = ... }}")
-        for field_name, kind in _SHAPE_KEYS.items():
-            if field_name in shape and type(shape[field_name]) is not kind:
-                raise ConfigError(f"{key}.{field_name}: expected {kind.__name__}")
-        shape = {"subdir": "", "suffix": "tar.gz", "rev_length": 12, **shape}
-        if shape["rev_length"] not in (12, 40):
-            raise ConfigError(f"{key}.rev_length: expected 12 or 40")
-        try:
-            ArchiveRequest.parse("", "r", "0" * 12, shape["suffix"], shape["subdir"])
-        except BadRequest as e:
-            raise ConfigError(f"{key}: {e}") from None
-        kept.append(shape)
-    return tuple(kept)
-
-
-@dataclass(frozen=True)
-class PrewarmConfig:
-    """[sources.NAME.prewarm]: archive new pushes before anyone asks."""
-
-    #: Repo patterns watched (as in ``repos``); empty: pre-warm is off.
-    repos: tuple[str, ...] = setting((), each=_REPO)
-    #: Archives made of each new head: { subdir, suffix, rev_length }.
-    shapes: tuple[Mapping[str, Any], ...] = setting((), check=_shapes)
-    #: Also the shapes clients asked for in the repo within learn_window
-    #: seconds (at most learn_max per repo, the latest first).
-    learn: bool = False
-    learn_window: float = setting(7 * 86400.0, low=60, high=365 * 86400)
-    learn_max: int = setting(20, low=1, high=1000)
-    #: hgweb: seconds between polls of each watched repo.
-    interval: float = setting(10.0, low=1, high=3600)
-    #: Pushes (or new heads) archived when catching up after a gap.
-    max_gap: int = setting(100, low=1, high=10_000)
-    #: The webhook's secret (a string or { env = "NAME" }).
-    secret: str = setting(
-        "", refuse=(lambda s: 0 < len(s) < 16, "use 16 characters or more")
-    )
-    #: Where positions and learned shapes are kept without Redis
-    #: (default: under the file backend's root).
-    state: str = ""
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.repos)
 
 
 def _prewarm(name: str, prewarm: PrewarmConfig, values: Mapping[str, Any]) -> Any:

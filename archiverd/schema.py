@@ -9,6 +9,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, field, fields, is_dataclass
 from typing import Any, TypeVar, get_type_hints
 
+#: A repo name or allow-list pattern: path segments, no blanks or backslashes.
+REPO_PATTERN = (r"[^/\\\s]+(/[^/\\\s]+)*\Z", "bad repo pattern")
+
 _RULES = set("low high choices expected each refuse required_for only_for".split())
 _RULES |= {"check", "read"}
 

@@ -254,7 +254,12 @@ class ArchiverAPI:
         """The seconds :meth:`status` holds this poll for an unfinished task
         of this daemon's: ``Prefer: wait`` (capped), else ``tasks.hold`` for
         an old client, else none."""
-        wait = self._wait(request)
+        return self._poll_hold(request, self._wait(request))
+
+    def _poll_hold(self, request: IRequest, wait: float | None) -> float:
+        """:meth:`status_hold` given the request's ``Prefer: wait``. An old
+        client sleeps 10 s after any answer but SUCCESS: its poll is held as
+        its first request was."""
         hold = self.hold if wait is None and request in self.legacy else wait
         return hold or 0.0
 
@@ -265,9 +270,7 @@ class ArchiverAPI:
         waiting (or, ``waited``, once its hold is over); else None, with
         nothing set on ``request``."""
         wait = self._wait(request)
-        hold = 0.0
-        if not waited:  # status_hold's, with ``wait`` read once
-            hold = (self.hold if wait is None and request in self.legacy else wait) or 0
+        hold = 0.0 if waited else self._poll_hold(request, wait)
         status = self.archives.status_now(task_id, hold)
         if status is None:
             return None
@@ -311,11 +314,7 @@ class ArchiverAPI:
             return Deferred.fromCoroutine(self._status_page(request, task_id))
         wait = self._wait(request)
         self._applied(request, wait, task_id)
-        if wait is None and request in self.legacy:
-            # An old client sleeps 10 s after any answer but SUCCESS: hold
-            # its poll as its first request was held.
-            wait = self.hold
-        status = self.archives.status(task_id, wait or 0.0)
+        status = self.archives.status(task_id, self._poll_hold(request, wait))
         if isinstance(status, Deferred):
             return status.addCallback(self._status, request)
         return self._status(status, request)

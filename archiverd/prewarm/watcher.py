@@ -23,11 +23,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from archiverd.config import PrewarmConfig
 from archiverd.errors import FleetUnavailable
 from archiverd.ops.metrics import Metrics
 from archiverd.prewarm import Warm
 from archiverd.prewarm.feeds import HEADS, PUSHLOG, HgwebFeed, NotPushlog, Push
+from archiverd.prewarm.settings import PrewarmConfig
 from archiverd.prewarm.state import KeptState
 from archiverd.tasks.redis_store import RedisFleet
 from archiverd.transfer.sources import repo_matcher
