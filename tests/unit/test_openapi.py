@@ -14,13 +14,8 @@ from hypothesis import strategies as st
 from openapi_spec_validator import validate
 from test_web import REGIONS, World
 
-from archiverd.api.openapi import (
-    OPENAPI_PATH,
-    PATH_PATTERN,
-    SEGMENT_PATTERN,
-    SUBDIR_PATTERN,
-    openapi_document,
-)
+from archiverd.api.openapi import OPENAPI_PATH, openapi_document
+from archiverd.api.openapi_paths import PATH_PATTERN, SEGMENT_PATTERN, SUBDIR_PATTERN
 from archiverd.api.web import ArchiverAPI
 from archiverd.errors import BadRequest
 from archiverd.keys import ArchiveRequest
