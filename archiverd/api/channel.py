@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, HTTPChannel
 
 from archiverd import wire
+from archiverd.api.sends import Sends
 
 #: Bytes of request body taken (no route reads one; clients send none),
 #: except a push webhook's (pre-warm), which can list many commits.
@@ -142,9 +143,14 @@ class GuardedChannel(HTTPChannel):
     #: Whether the Site took this connection (else it answers 503 and closes).
     admitted = False
     _refused = False
+    _host: Any = None
+    #: The Site's batcher of sends (api/sends.py; None: Twisted's own way).
+    sends: Sends | None = None
 
     def connectionMade(self) -> None:  # noqa: N802 (Twisted API)
         super().connectionMade()
+        if self.sends is not None and Sends.fits(self.transport):
+            self.sends.take(self.transport)
         self.admitted = self.factory.admit(self)
         if not self.admitted:
             retry = f"Retry-After: {wire.RETRY_AFTER}"
@@ -185,6 +191,13 @@ class GuardedChannel(HTTPChannel):
         if self.receiving_since is None and not self._handlingRequest:
             self._start_deadline()
         super().dataReceived(data)
+
+    def getHost(self) -> Any:  # noqa: N802 (Twisted API)
+        # Every Request asks (Request.__init__): one getsockname() a
+        # connection, not one a request (~6% of a poll, docs/performance.md).
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     def lineReceived(self, line: bytes) -> None:  # noqa: N802 (Twisted API)
         # Also here: a pipelined request can follow, in the same read, one

@@ -24,6 +24,7 @@ from archiverd.api.channel import Deadlines, GuardedChannel
 from archiverd.api.hosts import HostCheck
 from archiverd.api.render import json_body
 from archiverd.api.request import ArchiverRequest
+from archiverd.api.sends import Sends
 from archiverd.ops.logs import AccessLogFile
 from archiverd.redact import has_secret, redact
 
@@ -140,6 +141,8 @@ class ArchiverSite(Site):
         #: (monotonic in the daemon; ``self.reactor`` may become a wall-clock
         #: view of it).
         self.deadlines = Deadlines(self.reactor, header_timeout or None)
+        #: Answers sent at the end of the reactor's turn (api/sends.py).
+        self.sends = Sends(self.reactor)
         self.max_connections = max_connections
         self.max_connections_per_client = max_connections_per_client
         #: Open connections admitted, in all and by client address.
@@ -163,6 +166,7 @@ class ArchiverSite(Site):
         channel = super().buildProtocol(addr)
         channel.header_timeout = self.header_timeout
         channel.deadlines = self.deadlines
+        channel.sends = self.sends
         channel.send_timeout = self.timeOut
         return channel
 

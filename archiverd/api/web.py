@@ -213,17 +213,27 @@ class ArchiverAPI:
             legacy = self._legacy_status(status, request)
             if legacy is not None:
                 return legacy
-        urls = {r: self._absolute(request, u) for r, u in status.urls.items()}
+        signed = status.urls
+        # URLs relative to archiverd (the file backend's) depend on the Host.
+        base = (
+            self._base_url(request)
+            if any(u.startswith("/") for u in signed.values())
+            else ""
+        )
         if task is not None and task.done and task.rendered is not None:
-            if task.rendered[0] == urls:
-                # A finished task's answer changes only with its URLs.
+            seen, seen_base, body = task.rendered
+            # A finished task's answer changes only with its URLs (the same
+            # dict while they stay fresh: no comparing them string by string).
+            if seen_base == base and (seen is signed or seen == signed):
                 request.setHeader(b"Content-Type", b"application/json")
-                return task.rendered[1]
+                return body
         result = dict(status.result)
-        result["s3_urls"] = urls
+        result["s3_urls"] = {
+            r: base + u if u.startswith("/") else u for r, u in signed.items()
+        }
         body = json_body(request, {"result": result})
         if task is not None and task.done:
-            task.rendered = (urls, body)
+            task.rendered = (signed, base, body)
         return body
 
     # -- answers that need no I/O (the hot path's, archiverd/api/hot.py) -----

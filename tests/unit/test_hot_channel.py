@@ -103,3 +103,18 @@ def test_answers_carry_the_date_header() -> None:
     client = Connection(world)
     client.send(HEARTBEAT)
     assert b"\r\nDate: " in client.transport.value()
+
+
+def test_a_connections_local_address_is_asked_of_its_socket_once() -> None:
+    """Every Request asks its channel for the local address: a
+    ``getsockname()`` each, unless the channel keeps it."""
+    world = _world()
+    client = Connection(world)
+    asked = []
+    real = client.transport.getHost
+    client.transport.getHost = lambda: asked.append(1) or real()  # type: ignore[method-assign]
+    for _ in range(3):
+        client.send(HEARTBEAT)
+    assert client.answers == [200] * 3
+    assert len(asked) <= 1
+    assert client.channel.getHost() == real()
