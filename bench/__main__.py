@@ -341,9 +341,10 @@ def pipeline_cost(runs: int) -> list[Row]:
     """Target 8: MiB/s and CPU per GiB with nothing else in the way."""
     size = 1024 * MIB
     rows = []
+    by_count: dict[int, tuple[list[float], list[float]]] = {}
     with server(fixture("bench.upstream")) as up, server(fixture("bench.sink")) as sink:
         for count in (1, 3):
-            rates, cpu = [], []
+            rates, cpu = by_count[count] = [], []
             with Daemon(WORK / f"cost{count}", config(up.url, sink.url, count)) as d:
                 for _ in range(runs):
                     before = proc_stats(d.pid).cpu
@@ -364,6 +365,23 @@ def pipeline_cost(runs: int) -> list[Row]:
                     "(sha256 and CRC32 included)",
                 )
             )
+    (rate1, cpu1), (rate3, cpu3) = by_count[1], by_count[3]
+    rows += [
+        Row(
+            "8c. Pipeline rate, 3 regions ÷ 1 region (run by run)",
+            "≥ 0.85",
+            [three / one for one, three in zip(rate1, rate3)],
+            lambda m: m >= 0.85,
+            notes="upstream, sink and daemon share the 2 cores: the sink takes "
+            "3 GiB for the 3 regions' copies",
+        ),
+        Row(
+            "8d. Daemon CPU per GiB, 3 regions ÷ 1 region (run by run)",
+            "≤ 1.3",
+            [three / one for one, three in zip(cpu1, cpu3)],
+            lambda m: m <= 1.3,
+        ),
+    ]
     return rows
 
 
