@@ -208,31 +208,31 @@ class ArchiverAPI:
 
     def _status(self, status: Status, request: IRequest) -> bytes:
         task = status.task
+        signed = status.urls
+        if task is not None and task.rendered is not None:
+            # A success's answer changes only with its URLs: the same dict
+            # while they stay fresh (no comparing them string by string),
+            # and for URLs relative to archiverd (the file backend's) with
+            # the base URL they were made absolute with.
+            seen, seen_base, body = task.rendered
+            if (seen is signed or seen == signed) and (
+                not seen_base or seen_base == self._base_url(request)
+            ):
+                request.setHeader(b"Content-Type", b"application/json")
+                return body
         state = task.state.value if task is not None else status.result["state"]
         if state == wire.FAILURE:
             legacy = self._legacy_status(status, request)
             if legacy is not None:
                 return legacy
-        signed = status.urls
-        # URLs relative to archiverd (the file backend's) depend on the Host.
-        base = (
-            self._base_url(request)
-            if any(u.startswith("/") for u in signed.values())
-            else ""
-        )
-        if task is not None and task.done and task.rendered is not None:
-            seen, seen_base, body = task.rendered
-            # A finished task's answer changes only with its URLs (the same
-            # dict while they stay fresh: no comparing them string by string).
-            if seen_base == base and (seen is signed or seen == signed):
-                request.setHeader(b"Content-Type", b"application/json")
-                return body
+        relative = any(u.startswith("/") for u in signed.values())
+        base = self._base_url(request) if relative else ""
         result = dict(status.result)
         result["s3_urls"] = {
             r: base + u if u.startswith("/") else u for r, u in signed.items()
         }
         body = json_body(request, {"result": result})
-        if task is not None and task.done:
+        if task is not None and state == wire.SUCCESS:
             task.rendered = (signed, base, body)
         return body
 
@@ -257,7 +257,7 @@ class ArchiverAPI:
             return None
         if found is None:
             return None
-        request.setHeader("Vary", "Accept")
+        request.setHeader(b"Vary", b"Accept")
         return self._located(found, request, self._wait(request))
 
     def status_hold(self, request: IRequest) -> float:
@@ -284,7 +284,7 @@ class ArchiverAPI:
         status = self.archives.status_now(task_id, hold)
         if status is None:
             return None
-        request.setHeader("Vary", "Accept")
+        request.setHeader(b"Vary", b"Accept")
         self._applied(request, wait, task_id)
         return self._status(status, request)
 

@@ -64,7 +64,7 @@ class Task:
     #: Raises unless this daemon may still complete the upload; checked
     #: by the transfer just before it makes the object visible.
     fence: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
-    #: Once finished: the status body last rendered, with the signed URLs
+    #: Once succeeded: the status body last rendered, with the signed URLs
     #: and the base URL (for relative ones) it was made from (kept here so
     #: it lives and dies with the task).
     rendered: tuple[dict[str, str], str, bytes] | None = field(default=None, repr=False)
