@@ -38,13 +38,16 @@ def test_with_slots_full_of_prewarm_work_a_client_miss_starts_at_once(
     clock: Clock, runner: FakeRunner
 ) -> None:
     tasks = TaskService(clock, runner, max_concurrent=3)
-    for rev in ("a" * 12, "b" * 12, "c" * 12):
-        submit(tasks, clock, rev, prewarm=True)
+    made = [submit(tasks, clock, r * 12, prewarm=True) for r in "abc"]
     # Pre-warm holds all but one slot; the third waits.
     assert running(runner) == ["a" * 12, "b" * 12]
     client = submit(tasks, clock, "d" * 12)
     assert client.state is State.STARTED
     assert running(runner) == ["a" * 12, "b" * 12, "d" * 12]
+    # Stopped, not dropped: a task left waiting would otherwise be closed by
+    # the garbage collector, running its clean-up in some later test.
+    tasks.stopService()
+    assert all(t.done for t in [*made, client])
 
 
 def test_a_client_takes_the_next_slot_before_any_queued_prewarm_task(
