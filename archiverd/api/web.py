@@ -142,8 +142,7 @@ class ArchiverAPI:
         return self.hosts.base_url(request)
 
     def _absolute(self, request: IRequest, url: str) -> str:
-        # The file backend signs URLs relative to archiverd itself.
-        return self._base_url(request) + url if url.startswith("/") else url
+        return _joined(self._base_url(request), url)
 
     def _located(
         self, found: Redirect | Accepted, request: IRequest, wait: float | None = None
@@ -228,9 +227,7 @@ class ArchiverAPI:
         relative = any(u.startswith("/") for u in signed.values())
         base = self._base_url(request) if relative else ""
         result = dict(status.result)
-        result["s3_urls"] = {
-            r: base + u if u.startswith("/") else u for r, u in signed.items()
-        }
+        result["s3_urls"] = {r: _joined(base, u) for r, u in signed.items()}
         body = json_body(request, {"result": result})
         if task is not None and state == wire.SUCCESS:
             task.rendered = (signed, base, body)
@@ -467,3 +464,9 @@ class ArchiverAPI:
     def internal_error(self, request: IRequest, failure: Failure) -> bytes:
         self.log.failure("answering {uri}", failure, uri=request.uri)
         return json_body(request, {"error": "internal error; see archiverd's log"}, 500)
+
+
+def _joined(base: str, url: str) -> str:
+    """``url`` made absolute: the file backend signs URLs relative to
+    archiverd itself (``base``, where clients reach it)."""
+    return base + url if url.startswith("/") else url

@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from botocore.auth import _host_from_url
+from botocore.credentials import ReadOnlyCredentials
 from botocore.utils import percent_encode
 
 #: Keys the learning signs both ways: plain, nested, and ones that need
@@ -50,17 +51,6 @@ _TOKEN = "X-Amz-Security-Token"
 _SIGNATURE = "X-Amz-Signature"
 
 
-class Credentials:
-    """What signing takes from botocore's frozen credentials."""
-
-    __slots__ = ("access_key", "secret_key", "token")
-
-    def __init__(self, access_key: str, secret_key: str, token: str | None) -> None:
-        self.access_key = access_key
-        self.secret_key = secret_key
-        self.token = token
-
-
 class Presigner:
     """Presigned GET URLs of one bucket's keys (see the module)."""
 
@@ -74,7 +64,7 @@ class Presigner:
 
     @classmethod
     def learn(
-        cls, botocore_url: Callable[[str], str], credentials: Credentials
+        cls, botocore_url: Callable[[str], str], credentials: ReadOnlyCredentials
     ) -> Presigner | None:
         """A Presigner for the bucket ``botocore_url(key)`` signs keys of,
         if it makes botocore's URL for every probe key; else None."""
@@ -110,7 +100,7 @@ class Presigner:
         self,
         key: str,
         expires: int,
-        credentials: Credentials,
+        credentials: ReadOnlyCredentials,
         now: datetime.datetime | None = None,
     ) -> str:
         """The presigned GET URL of ``key``, valid ``expires`` seconds."""
@@ -167,10 +157,10 @@ class Presigner:
         return key
 
 
-def frozen(credentials: Any) -> Credentials | None:
+def frozen(credentials: Any) -> ReadOnlyCredentials | None:
     """botocore's credentials, frozen now (refreshed first if due; may ask
     the credential source, so call it off the reactor thread)."""
     if credentials is None:
         return None
-    got = credentials.get_frozen_credentials()
-    return Credentials(got.access_key, got.secret_key, got.token)
+    got: ReadOnlyCredentials = credentials.get_frozen_credentials()
+    return got

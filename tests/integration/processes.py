@@ -191,3 +191,39 @@ hold = {hold}
 """
     )
     return path
+
+
+def write_file_config(
+    path: Path,
+    template: str,
+    regions: tuple[str, ...] = ("a", "b"),
+    *,
+    root: Path | None = None,
+    storage: str = "",
+    file: str = "",
+    tasks: str = "",
+) -> Path:
+    """A file-backend config, its root ``root`` (else ``data`` beside
+    ``path``); ``storage``, ``file`` and ``tasks`` go into the [storage],
+    [storage.file] and [tasks] tables (archiverd's defaults otherwise,
+    ``hold`` among them)."""
+    listed = ", ".join(f'"{r}"' for r in regions)
+    path.write_text(
+        f"""
+[sources.hgmo]
+url_template = "{template}"
+
+[storage]
+backend = "file"
+{storage}
+
+[storage.file]
+root = "{root or path.parent / "data"}"
+regions = [{listed}]
+{file}
+
+[tasks]
+{tasks}
+"""
+    )
+    return path

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from fixtures import S3Buckets, free_port
-from processes import env, write_config
+from processes import env, write_config, write_file_config
 
 pytestmark = pytest.mark.integration
 
@@ -25,23 +25,6 @@ def check(config: Path) -> tuple[int, list[str]]:
     )
     assert done.stderr == "", done.stderr
     return done.returncode, done.stdout.splitlines()
-
-
-def _files_config(path: Path, template: str, root: Path) -> Path:
-    path.write_text(
-        f"""
-[sources.hgmo]
-url_template = "{template}"
-
-[storage]
-backend = "file"
-
-[storage.file]
-root = "{root}"
-regions = ["a", "b"]
-"""
-    )
-    return path
 
 
 def test_a_healthy_s3_deployment_passes_and_leaves_nothing(
@@ -66,7 +49,7 @@ def test_a_healthy_file_deployment_passes_and_leaves_nothing(
     tmp_path: Path, hgweb
 ) -> None:
     root = tmp_path / "data"
-    config = _files_config(tmp_path / "c.toml", hgweb.url_template, root)
+    config = write_file_config(tmp_path / "c.toml", hgweb.url_template, root=root)
     code, lines = check(config)
     assert code == 0, lines
     assert len(lines) == 4 and all(line.startswith("ok    ") for line in lines)

@@ -17,32 +17,20 @@ from pathlib import Path
 import pytest
 from fixtures import hg
 from oldclient import FAILURE_CODE, SUCCESS_CODE, OldClient
-from processes import open_url, serve, terminate, wait_for_task, write_config
+from processes import (
+    open_url,
+    serve,
+    terminate,
+    wait_for_task,
+    write_config,
+    write_file_config,
+)
 
 pytestmark = pytest.mark.integration
 
 REPO = "projects/ash"
 SUBDIR = "testing/mozharness"
-
-
-def _file_config(path: Path, template: str, hold: float) -> Path:
-    path.write_text(
-        f"""
-[sources.hgmo]
-url_template = "{template}"
-
-[storage]
-backend = "file"
-
-[storage.file]
-root = "{path.parent / "data"}"
-regions = ["us-east-1", "us-west-2"]
-
-[tasks]
-hold = {hold}
-"""
-    )
-    return path
+REGIONS = ("us-east-1", "us-west-2")
 
 
 @pytest.fixture(scope="module", params=["file", "s3"])
@@ -50,7 +38,9 @@ def daemon(request, tmp_path_factory, hgweb) -> Iterator[str]:
     """archiverd (default hold) in front of hgweb: its base URL."""
     tmp = tmp_path_factory.mktemp(f"old-client-{request.param}")
     if request.param == "file":
-        config = _file_config(tmp / "archiverd.toml", hgweb.url_template, hold=5)
+        config = write_file_config(
+            tmp / "archiverd.toml", hgweb.url_template, REGIONS, tasks="hold = 5"
+        )
     else:
         buckets = request.getfixturevalue("s3_buckets_module")
         config = write_config(
@@ -185,7 +175,9 @@ def test_new_clients_see_the_failure_itself(daemon: str) -> None:
 def test_hold_makes_a_cold_archive_a_302_and_zero_keeps_the_202_flow(
     tmp_path: Path, hgweb, hold: float
 ) -> None:
-    config = _file_config(tmp_path / "archiverd.toml", hgweb.url_template, hold)
+    config = write_file_config(
+        tmp_path / "archiverd.toml", hgweb.url_template, REGIONS, tasks=f"hold = {hold}"
+    )
     proc, base = serve(config, tmp_path)
     try:
         client = OldClient(base, sleeptime=0.2)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from faults import FaultyUpstream
 from polling import eventually_blocking
-from processes import open_url, serve, terminate
+from processes import open_url, serve, terminate, write_file_config
 
 pytestmark = pytest.mark.integration
 
@@ -26,27 +26,16 @@ KIB = 1024
 ARCHIVE = 100 * KIB
 
 
-def _config(path: Path, template: str, storage: str = "", file: str = "") -> Path:
-    path.write_text(
-        f"""
-[sources.hgmo]
-url_template = "{template}"
-
-[storage]
-backend = "file"
-{storage}
-
-[storage.file]
-root = "{path.parent / "data"}"
-regions = ["a", "b"]
-{file}
-
-[tasks]
-hold = 30
-max_concurrent_tasks = 4
-"""
+def _retention_config(
+    path: Path, template: str, storage: str = "", file: str = ""
+) -> Path:
+    return write_file_config(
+        path,
+        template,
+        storage=storage,
+        file=file,
+        tasks="hold = 30\nmax_concurrent_tasks = 4",
     )
-    return path
 
 
 def _held(root: Path) -> int:
@@ -84,7 +73,7 @@ def test_a_root_filled_past_max_bytes_settles_at_the_low_water_mark(
 ) -> None:
     limit = 40 * ARCHIVE  # 2 regions x 20 archives
     with FaultyUpstream(nbytes=ARCHIVE) as upstream:
-        config = _config(
+        config = _retention_config(
             tmp_path / "archiverd.toml",
             upstream.url_template,
             # URLs valid for 2 s: what was used 12 s ago may be evicted.
@@ -135,7 +124,7 @@ def test_an_object_deleted_out_of_band_is_stored_again_with_one_upstream_get(
     tmp_path: Path,
 ) -> None:
     with FaultyUpstream(nbytes=ARCHIVE) as upstream:
-        config = _config(tmp_path / "archiverd.toml", upstream.url_template)
+        config = _retention_config(tmp_path / "archiverd.toml", upstream.url_template)
         proc, base = serve(config, tmp_path)
         try:
             rev = "0123456789ab"
@@ -182,7 +171,7 @@ def test_no_redirect_past_expiry_and_a_popular_archive_is_refreshed(
         "FAKETIME_DONT_FAKE_MONOTONIC": "1",
     }
     with FaultyUpstream(nbytes=ARCHIVE) as upstream:
-        config = _config(
+        config = _retention_config(
             tmp_path / "archiverd.toml",
             upstream.url_template,
             # Signed URLs are reused for a tenth of this, on the monotonic

@@ -10,9 +10,10 @@ from typing import Any
 import botocore.auth
 import botocore.session
 import pytest
+from botocore.credentials import ReadOnlyCredentials as Credentials
 from twisted.logger import capturedLogs
 
-from archiverd.storage.presign import Credentials, Presigner
+from archiverd.storage.presign import Presigner
 from archiverd.storage.s3 import S3Storage
 
 WHEN = datetime.datetime(2026, 12, 2, 5, 6, 7)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest_twisted
@@ -62,14 +63,33 @@ class Watches:
         reactor.addWriter = self._original  # type: ignore[method-assign]
 
 
-class Server:
-    def __init__(self, batched: bool) -> None:
-        self.factory = protocol.Factory.forProtocol(Answering)
-        self.factory.sends = Sends(reactor) if batched else None  # type: ignore[attr-defined]
-        self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
+async def _serving(factory: Any) -> AsyncIterator[int]:
+    """``factory`` listening on loopback while the test runs: its port."""
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        yield port.getHost().port
+    finally:
+        await defer.maybeDeferred(port.stopListening)
 
-    def stop(self) -> defer.Deferred[Any]:
-        return defer.maybeDeferred(self.port.stopListening)
+
+def _answering(batched: bool) -> protocol.Factory:
+    factory = protocol.Factory.forProtocol(Answering)
+    factory.sends = Sends(reactor) if batched else None  # type: ignore[attr-defined]
+    return factory
+
+
+@pytest_twisted.async_yield_fixture
+async def batched() -> AsyncIterator[int]:
+    """A server whose connections' writes go through :class:`Sends`."""
+    async for port in _serving(_answering(True)):
+        yield port
+
+
+@pytest_twisted.async_yield_fixture
+async def unbatched() -> AsyncIterator[int]:
+    """The same server with Twisted's own writes."""
+    async for port in _serving(_answering(False)):
+        yield port
 
 
 async def _ask(port: int, data: bytes, want: int) -> bytes:
@@ -92,77 +112,57 @@ async def _ask(port: int, data: bytes, want: int) -> bytes:
 
 
 @pytest_twisted.ensureDeferred
-async def test_small_answers_never_make_the_reactor_watch_for_writability() -> None:
-    server = Server(batched=True)
-    try:
-        with Watches() as watches:
-            got = await _ask(server.port.getHost().port, b"small\n", 10)
-        assert got == b"head;body\n"
-        assert watches.count == 0
-    finally:
-        await server.stop()
+async def test_small_answers_never_make_the_reactor_watch_for_writability(
+    batched: int,
+) -> None:
+    with Watches() as watches:
+        got = await _ask(batched, b"small\n", 10)
+    assert got == b"head;body\n"
+    assert watches.count == 0
 
 
 @pytest_twisted.ensureDeferred
-async def test_without_it_the_reactor_watches_for_every_answer() -> None:
+async def test_without_it_the_reactor_watches_for_every_answer(unbatched: int) -> None:
     """The same exchange unbatched: what the test above saves (so that it
     could fail)."""
-    server = Server(batched=False)
-    try:
-        with Watches() as watches:
-            got = await _ask(server.port.getHost().port, b"small\n", 10)
-        assert got == b"head;body\n"
-        assert watches.count >= 1
-    finally:
-        await server.stop()
+    with Watches() as watches:
+        got = await _ask(unbatched, b"small\n", 10)
+    assert got == b"head;body\n"
+    assert watches.count >= 1
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_answer_bigger_than_the_socket_takes_arrives_whole() -> None:
-    server = Server(batched=True)
-    try:
-        with Watches() as watches:
-            got = await _ask(server.port.getHost().port, b"big\n", BIG)
-        assert len(got) == BIG and got == b"x" * BIG
-        assert watches.count >= 1  # the rest went the reactor's way
-    finally:
-        await server.stop()
+async def test_an_answer_bigger_than_the_socket_takes_arrives_whole(
+    batched: int,
+) -> None:
+    with Watches() as watches:
+        got = await _ask(batched, b"big\n", BIG)
+    assert len(got) == BIG and got == b"x" * BIG
+    assert watches.count >= 1  # the rest went the reactor's way
 
 
 @pytest_twisted.ensureDeferred
-async def test_closing_after_a_write_sends_it_then_closes() -> None:
-    server = Server(batched=True)
-    try:
-        assert await _ask(server.port.getHost().port, b"close\n", -1) == b"bye\n"
-    finally:
-        await server.stop()
+async def test_closing_after_a_write_sends_it_then_closes(batched: int) -> None:
+    assert await _ask(batched, b"close\n", -1) == b"bye\n"
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_write_from_a_timer_is_sent_too() -> None:
-    server = Server(batched=True)
-    try:
-        got = await _ask(server.port.getHost().port, b"later\n", 6)
-        assert got == b"later\n"
-    finally:
-        await server.stop()
+async def test_a_write_from_a_timer_is_sent_too(batched: int) -> None:
+    assert await _ask(batched, b"later\n", 6) == b"later\n"
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_connection_lost_before_its_turn_ends_is_left_alone() -> None:
+async def test_a_connection_lost_before_its_turn_ends_is_left_alone(
+    batched: int,
+) -> None:
     """A client gone before its answer is sent: the write is dropped, the
     server goes on serving."""
-    server = Server(batched=True)
-    port = server.port.getHost().port
-    try:
-        s = socket.create_connection(("127.0.0.1", port))
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        s.sendall(b"later\n")
-        s.close()  # a reset, before the timer's write
-        await deferLater(reactor, 0.05, lambda: None)
-        assert await _ask(port, b"small\n", 10) == b"head;body\n"
-    finally:
-        await server.stop()
+    s = socket.create_connection(("127.0.0.1", batched))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.sendall(b"later\n")
+    s.close()  # a reset, before the timer's write
+    await deferLater(reactor, 0.05, lambda: None)
+    assert await _ask(batched, b"small\n", 10) == b"head;body\n"
 
 
 @pytest_twisted.ensureDeferred
@@ -174,16 +174,11 @@ async def test_the_daemons_connections_answer_without_being_watched() -> None:
     from archiverd.api.site import ArchiverSite
 
     site = ArchiverSite(World().api, reactor=reactor)
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
     request = b"GET /__lbheartbeat__ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-    try:
+    async for port in _serving(site):
         with Watches() as watches:
             got = await _ask(
-                port.getHost().port,
-                request + b"\r\n" + request + b"Connection: close\r\n\r\n",
-                -1,
+                port, request + b"\r\n" + request + b"Connection: close\r\n\r\n", -1
             )
         assert got.count(b"HTTP/1.1 200 ") == 2
         assert watches.count == 1  # only for closing, the reactor's way
-    finally:
-        await defer.maybeDeferred(port.stopListening)
